@@ -1,0 +1,155 @@
+"""The reader's output: a Checkpoint maps keys to TensorRefs; tensor bytes are read on demand."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+
+from ckptlint.errors import CheckpointError
+from ckptlint.io.dtypes import DType, widen
+from ckptlint.io.unpickler import PickleGlobal
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a tensor's elements lie: a storage at a byte offset of a file, viewed with strides."""
+
+    key: str
+    dtype: DType
+    shape: tuple[int, ...]
+    file: str  # the file holding the storage's bytes
+    storage_start: int  # absolute byte offset of the storage's first element
+    storage_numel: int
+    offset: int = 0  # element offset of the tensor inside its storage
+    stride: tuple[int, ...] | None = None  # in elements; None means contiguous
+    storage_id: str = ""  # tensors with the same id share bytes
+    is_parameter: bool | None = None  # None: the format does not say
+    big_endian: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        if self.stride is not None:
+            return self.stride
+        out, step = [], 1
+        for n in reversed(self.shape):
+            out.append(step)
+            step *= max(n, 1)
+        return tuple(reversed(out))
+
+    def element_span(self) -> tuple[int, int]:
+        """First and one-past-last storage element the tensor touches (0, 0 when empty)."""
+        if self.numel == 0:
+            return 0, 0
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides))
+        return self.offset, last + 1
+
+    def validate(self) -> None:
+        """Refuse a tensor whose view reaches outside its storage (a corrupt or hostile file)."""
+        begin, end = self.element_span()
+        if end > self.storage_numel:
+            raise CheckpointError(
+                f"tensor {self.key!r} reaches element {end} of a storage holding {self.storage_numel}"
+            )
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of a checkpoint (a sharded one has several)."""
+
+    path: str
+    size: int
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint as read: its tensors (bytes not yet read), layout and what the pickle named.
+
+    Tensor values come from :meth:`read`, one tensor at a time; ``bytes_read`` counts what was
+    read so far, which lets tests prove that shape-only work reads no tensor bytes.
+    """
+
+    path: str
+    format: str
+    layout: str
+    tensors: dict[str, TensorRef]
+    files: list[FileInfo]
+    pickle_globals: list[PickleGlobal] = field(default_factory=list)
+    stripped_prefix: str = ""  # wrapper prefix removed from every key (``module.``)
+    metadata: dict[str, str] = field(default_factory=dict)
+    bytes_read: int = 0
+    _handles: dict[str, BinaryIO] = field(default_factory=dict, repr=False)
+    _sha256: str | None = field(default=None, repr=False)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(ref.numel for ref in self.tensors.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def read(self, key: str) -> np.ndarray:
+        """Read one tensor's values as a numpy array (bfloat16/float8 widened to float32)."""
+        ref = self.tensors[key]
+        raw_type = np.dtype(ref.dtype.raw).newbyteorder(">" if ref.big_endian else "<")
+        begin, end = ref.element_span()
+        count = end - begin
+        handle = self._handle(ref.file)
+        handle.seek(ref.storage_start + begin * ref.dtype.itemsize)
+        data = handle.read(count * ref.dtype.itemsize)
+        self.bytes_read += len(data)
+        if len(data) != count * ref.dtype.itemsize:
+            raise CheckpointError(f"tensor {key!r} lies past the end of the file", ref.file)
+        flat = np.frombuffer(data, dtype=raw_type)
+        itemsize = flat.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            flat, shape=ref.shape, strides=tuple(s * itemsize for s in ref.strides), writeable=False
+        ) if ref.numel else flat[:0].reshape(ref.shape)
+        values = view.copy(order="C")
+        if ref.big_endian:
+            values = values.astype(raw_type.newbyteorder("<"))
+        return widen(values, ref.dtype)
+
+    def _handle(self, path: str) -> BinaryIO:
+        if path not in self._handles:
+            self._handles[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
+        return self._handles[path]
+
+    def sha256(self) -> str:
+        """SHA-256 of the checkpoint's bytes (its files in order, for a sharded one)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for info in self.files:
+                with open(info.path, "rb") as handle:
+                    while chunk := handle.read(1 << 22):
+                        digest.update(chunk)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def file_size(path: str) -> int:
+    return os.stat(path).st_size

@@ -1,0 +1,151 @@
+"""Tensor element types: their sizes, their names in each format, and how to widen them to numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DType:
+    """One element type, named as torch names it (``float32``, ``bfloat16``, ``float8_e4m3fn``)."""
+
+    name: str
+    itemsize: int
+    raw: str  # numpy dtype the stored bytes are viewed as (little-endian)
+    kind: str  # "float", "int", "bool" or "complex"
+
+    @property
+    def is_float(self) -> bool:
+        return self.kind == "float"
+
+
+def _fp8_table(exp_bits: int, man_bits: int, bias: int, style: str) -> np.ndarray:
+    """Decode all 256 codes of an 8-bit float format to float32.
+
+    style: "ieee" (inf and NaN at the top exponent), "fn" (no inf; NaN only when every
+    exponent and mantissa bit is set), "fnuz" (no inf, no negative zero; NaN is 0x80).
+    """
+    codes = np.arange(256, dtype=np.int64)
+    sign = np.where(codes >> 7, -1.0, 1.0)
+    exp = (codes >> man_bits) & ((1 << exp_bits) - 1)
+    man = codes & ((1 << man_bits) - 1)
+    subnormal = exp == 0
+    frac = np.where(subnormal, man / 2.0**man_bits, 1.0 + man / 2.0**man_bits)
+    power = np.where(subnormal, 1 - bias, exp - bias).astype(np.float64)
+    values = sign * frac * np.exp2(power)
+    top = (1 << exp_bits) - 1
+    if style == "ieee":
+        values = np.where((exp == top) & (man == 0), sign * np.inf, values)
+        values = np.where((exp == top) & (man != 0), np.nan, values)
+    elif style == "fn":
+        values = np.where((exp == top) & (man == (1 << man_bits) - 1), np.nan, values)
+    elif style == "fnuz":
+        values = np.where(codes == 0x80, np.nan, values)
+    return values.astype(np.float32)
+
+
+def _e8m0_table() -> np.ndarray:
+    """Decode float8_e8m0fnu: an exponent only, 2**(code - 127); 0xFF is NaN."""
+    codes = np.arange(256, dtype=np.float64)
+    values = np.exp2(codes - 127)
+    values[255] = np.nan
+    return values.astype(np.float32)
+
+
+_LOOKUP_TABLES = {
+    "float8_e4m3fn": _fp8_table(4, 3, 7, "fn"),
+    "float8_e5m2": _fp8_table(5, 2, 15, "ieee"),
+    "float8_e4m3fnuz": _fp8_table(4, 3, 8, "fnuz"),
+    "float8_e5m2fnuz": _fp8_table(5, 2, 16, "fnuz"),
+    "float8_e8m0fnu": _e8m0_table(),
+}
+
+DTYPES: dict[str, DType] = {
+    d.name: d
+    for d in [
+        DType("float64", 8, "<f8", "float"),
+        DType("float32", 4, "<f4", "float"),
+        DType("float16", 2, "<f2", "float"),
+        DType("bfloat16", 2, "<u2", "float"),
+        *(DType(name, 1, "u1", "float") for name in _LOOKUP_TABLES),
+        DType("complex128", 16, "<c16", "complex"),
+        DType("complex64", 8, "<c8", "complex"),
+        DType("int64", 8, "<i8", "int"),
+        DType("int32", 4, "<i4", "int"),
+        DType("int16", 2, "<i2", "int"),
+        DType("int8", 1, "i1", "int"),
+        DType("uint64", 8, "<u8", "int"),
+        DType("uint32", 4, "<u4", "int"),
+        DType("uint16", 2, "<u2", "int"),
+        DType("uint8", 1, "u1", "int"),
+        DType("bool", 1, "u1", "bool"),
+    ]
+}
+
+# torch's legacy typed-storage classes name the element type (``torch FloatStorage``).
+TORCH_STORAGE_TYPES = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+}
+
+# ``torch <name>`` globals that denote a dtype, with torch's aliases.
+TORCH_DTYPE_NAMES = {name: name for name in DTYPES} | {
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+}
+
+SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "C128": "complex128",
+    "C64": "complex64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def widen(raw: np.ndarray, dtype: DType) -> np.ndarray:
+    """Turn stored elements into a numpy array numpy can compute with.
+
+    bfloat16 and the float8 types have no numpy dtype, so they become float32 (exactly:
+    every such value is representable); booleans become ``bool``; the rest keep their type.
+    """
+    if dtype.name == "bfloat16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype.name in _LOOKUP_TABLES:
+        return _LOOKUP_TABLES[dtype.name][raw]
+    if dtype.kind == "bool":
+        return raw != 0
+    return raw

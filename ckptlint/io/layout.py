@@ -1,0 +1,108 @@
+"""Find the state dict inside a checkpoint object, and strip wrapper prefixes from its keys."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Mapping, TypeVar
+
+from ckptlint.errors import CheckpointError
+from ckptlint.io.unpickler import PickledTensor
+
+T = TypeVar("T")
+
+# Where common tools put the weights, most specific first (DETR: model; Lightning: state_dict;
+# timm: state_dict_ema; many training scripts: model_state_dict).
+STATE_DICT_KEYS = (
+    "state_dict", "model_state_dict", "model", "module", "net", "network",
+    "ema", "state_dict_ema", "model_ema", "ema_state_dict", "params", "weights",
+)
+# Prefixes that wrappers add to every key: DataParallel/DDP and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+LIGHTNING_MARKERS = ("pytorch-lightning_version", "lightning_version", "hyper_parameters")
+SEARCH_DEPTH = 4
+
+
+def _tensors_in(obj: Any) -> dict[str, PickledTensor]:
+    if not isinstance(obj, Mapping):
+        return {}
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, PickledTensor)}
+
+
+def find_state_dict(root: Any, key_path: str | None) -> tuple[str, dict[str, PickledTensor]]:
+    """Return the path to the state dict inside ``root`` ("" for a bare one) and its tensors.
+
+    With ``key_path`` (dotted, ``--key``) the user chooses; otherwise the first well-known
+    key that holds tensors wins, then the mapping with the most tensors (breadth-first, bounded
+    depth, so a hostile deeply nested pickle costs nothing).
+    """
+    if key_path:
+        return key_path, _tensors_at(root, key_path)
+    if tensors := _tensors_in(root):
+        return "", tensors
+    if isinstance(root, Mapping):
+        for name in STATE_DICT_KEYS:
+            if tensors := _tensors_in(root.get(name)):
+                return name, tensors
+    best: tuple[str, dict[str, PickledTensor]] = ("", {})
+    queue: deque[tuple[str, Any, int]] = deque([("", root, 0)])
+    while queue:
+        path, obj, depth = queue.popleft()
+        if not isinstance(obj, Mapping) or depth > SEARCH_DEPTH:
+            continue
+        tensors = _tensors_in(obj)
+        if len(tensors) > len(best[1]):
+            best = (path, tensors)
+        for name, child in obj.items():
+            if isinstance(name, str) and isinstance(child, Mapping):
+                queue.append((f"{path}.{name}" if path else name, child, depth + 1))
+    if not best[1]:
+        raise CheckpointError("the pickle holds no tensors")
+    return best
+
+
+def _tensors_at(root: Any, key_path: str) -> dict[str, PickledTensor]:
+    obj = root
+    walked: list[str] = []
+    for part in key_path.split("."):
+        if not isinstance(obj, Mapping) or part not in obj:
+            choices = ", ".join(sorted(k for k in obj if isinstance(k, str))[:12]) if isinstance(obj, Mapping) else ""
+            where = ".".join(walked) or "the top level"
+            raise CheckpointError(f"--key {key_path}: no entry {part!r} at {where} (entries: {choices or 'none'})")
+        obj = obj[part]
+        walked.append(part)
+    tensors = _tensors_in(obj)
+    if not tensors:
+        raise CheckpointError(f"--key {key_path}: that entry holds no tensors")
+    return tensors
+
+
+def is_lightning(root: Any) -> bool:
+    return isinstance(root, Mapping) and any(marker in root for marker in LIGHTNING_MARKERS)
+
+
+def strip_prefixes(tensors: dict[str, T], lightning: bool) -> tuple[dict[str, T], str]:
+    """Remove prefixes that every key carries because of a wrapper; return what was removed.
+
+    Lightning modules keep the network in an attribute (``model.``), so that prefix is removed
+    too, but only for Lightning checkpoints: in a bare state dict ``model.`` is a real name.
+    """
+    candidates = WRAPPER_PREFIXES + (("model.",) if lightning else ())
+    stripped = ""
+    changed = True
+    while changed and tensors:
+        changed = False
+        for prefix in candidates:
+            if all(k.startswith(prefix) for k in tensors):
+                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+                stripped += prefix
+                changed = True
+    return tensors, stripped
+
+
+def select_prefix(tensors: dict[str, T], key_path: str) -> dict[str, T]:
+    """``--key`` on a flat format (safetensors): keep the keys under that prefix, without it."""
+    prefix = key_path.rstrip(".") + "."
+    chosen = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not chosen:
+        raise CheckpointError(f"--key {key_path}: no tensor key starts with {prefix!r}")
+    return chosen

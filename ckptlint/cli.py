@@ -1,0 +1,129 @@
+"""The command line: parse options, call the library, choose the exit code. No logic of its own."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from typing import Any
+
+import click
+
+import ckptlint
+from ckptlint.api import Options, check_paths
+from ckptlint.engine.registry import load_all_rules
+from ckptlint.engine.selection import Selection
+from ckptlint.errors import CkptlintError
+from ckptlint.graph import GRAPH_FORMATS, build_module_graph
+from ckptlint.io.open import open_checkpoint
+from ckptlint.model import SEVERITIES
+from ckptlint.output import write_atomically
+from ckptlint.report import RENDERERS
+
+EXIT_USAGE = 2
+
+
+def _names(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--select a,b --select c`` -> (a, b, c)."""
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        write_atomically(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(ckptlint.__version__, prog_name="ckptlint")
+def cli() -> None:
+    """Static analysis for deep-learning checkpoints."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
+@click.option("-o", "--output", metavar="FILE", help="Write the report here (atomically) instead of stdout.")
+@click.option("--select", multiple=True, metavar="NAMES", help="Only these rules (names or codes, comma-separated).")
+@click.option("--ignore", multiple=True, metavar="NAMES", help="Skip these rules (names or codes, comma-separated).")
+@click.option("--fail-on", type=click.Choice([*SEVERITIES, "never"]), default="error", show_default=True,
+              help="Exit 1 when a finding at or above this severity exists.")
+@click.option("--key", metavar="PATH", help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
+@click.option("--no-hash", is_flag=True, help="Do not compute the files' SHA-256 (saves reading every byte).")
+def check(paths: tuple[str, ...], fmt: str, output: str | None, select: tuple[str, ...],
+          ignore: tuple[str, ...], fail_on: str, key: str | None, no_hash: bool) -> int:
+    """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
+    options = Options(selection=Selection(_names(select), _names(ignore)), fail_on=fail_on, key=key,
+                      hash_files=not no_hash)
+    report = check_paths(paths, options)
+    _emit(RENDERERS[fmt](report), output)
+    for error in report.errors:
+        click.echo(f"ckptlint: {error.file}: {error.message}", err=True)
+    return report.exit_code()
+
+
+@cli.command("rules")
+def list_rules() -> int:
+    """List every rule with its code, default severity and scope."""
+    for rule in load_all_rules():
+        summary = textwrap.shorten(rule.docs["what"], 90)
+        click.echo(f"{rule.code}  {rule.name:<24} {rule.severity:<8} {rule.scope:<18} {summary}")
+    return 0
+
+
+@cli.command()
+@click.argument("name")
+def explain(name: str) -> int:
+    """Print one rule's documentation (by name or code)."""
+    rules = {ident: rule for rule in load_all_rules() for ident in (rule.name, rule.code)}
+    if name not in rules:
+        Selection(select=(name,)).enabled(rules.values())  # raises with a did-you-mean hint
+    rule = rules[name]
+    click.echo(f"{rule.code} {rule.name} (default severity: {rule.severity}; scope: {rule.scope})\n")
+    for title, section in (("What it finds", "what"), ("Why it matters", "why"), ("Example", "example"),
+                           ("How to fix", "fix")):
+        click.echo(f"## {title}\n{textwrap.fill(' '.join(rule.docs[section].split()), 88)}\n")
+    if rule.params:
+        click.echo("## Parameters")
+        for param, value in rule.params.items():
+            click.echo(f"  {param} = {value!r}")
+    return 0
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--format", "fmt", type=click.Choice(sorted(GRAPH_FORMATS)), default="json", show_default=True)
+@click.option("-o", "--output", metavar="FILE")
+@click.option("--key", metavar="PATH")
+def graph(path: str, fmt: str, output: str | None, key: str | None) -> int:
+    """Write the module graph of a checkpoint (no tensor bytes are read)."""
+    with open_checkpoint(path, key) as checkpoint:
+        _emit(GRAPH_FORMATS[fmt](build_module_graph(checkpoint.tensors)), output)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every failure that is not "findings" exits 2 with one line on stderr."""
+    try:
+        code: Any = cli.main(args=argv, prog_name="ckptlint", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"ckptlint: error: {exc.format_message()}{hint}", err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"ckptlint: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except CkptlintError as exc:
+        click.echo(f"ckptlint: error: {exc}", err=True)
+        return EXIT_USAGE
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("ckptlint: interrupted", err=True)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - never a traceback, never exit 1 ("findings")
+        click.echo(f"ckptlint: internal error: {type(exc).__name__}: {exc}", err=True)
+        return EXIT_USAGE
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

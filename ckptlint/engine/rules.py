@@ -1,0 +1,163 @@
+"""Rule files: load one TOML declaration per rule, validate it, compile its Jinja2 in a sandbox."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Callable
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ckptlint._toml import tomllib
+from ckptlint.errors import RuleError
+from ckptlint.model import SEVERITIES
+
+# Scope -> the name under which a rule sees its subject.
+SCOPES = {
+    "file": "file",
+    "pickle-global": "pickle_global",
+    "tensor": "tensor",
+    "module": "module",
+    "pair": "pair",
+    "unmatched-target": "tensor",
+    "unused-pretrained": "tensor",
+}
+DOC_SECTIONS = ("what", "why", "example", "fix")
+REQUIRED = ("code", "name", "severity", "scope", "condition", "message", "docs")
+OPTIONAL = ("params", "evidence", "tags", "severity_if")
+CODE = re.compile(r"^[A-Z]{2,5}\d{3}$")
+NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+def _matching(value: Any, patterns: Any) -> bool:
+    """Jinja test ``x is matching(globs)``: shell-style globs, as in configuration."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return value is not None and any(fnmatchcase(str(value), p) for p in patterns)
+
+
+def make_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env.tests["matching"] = _matching
+    env.filters["fmt"] = lambda value, spec="": format(value, spec)
+    return env
+
+
+ENVIRONMENT = make_environment()
+
+
+@dataclass(frozen=True)
+class SeverityOverride:
+    severity: str
+    when: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule as declared, with its Jinja2 compiled once at load time."""
+
+    code: str
+    name: str
+    severity: str
+    scope: str
+    condition_source: str
+    message_source: str
+    docs: dict[str, str]
+    params: dict[str, Any]
+    tags: tuple[str, ...]
+    source: str
+    condition: Callable[..., Any] = field(repr=False, compare=False)
+    message: Any = field(repr=False, compare=False)
+    evidence: dict[str, Callable[..., Any]] = field(repr=False, compare=False)
+    severity_if: tuple[SeverityOverride, ...] = field(repr=False, compare=False)
+    facts_used: frozenset[str] = field(repr=False, compare=False)  # "scope_var.fact" names
+
+    @property
+    def subject(self) -> str:
+        return SCOPES[self.scope]
+
+
+def load_rule_file(path: Path) -> Rule:
+    """Parse, validate and compile one rule file; any problem is a RuleError naming the file."""
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RuleError(f"cannot parse rule file ({exc})", where) from None
+    unknown = set(data) - set(REQUIRED) - set(OPTIONAL)
+    missing = [k for k in REQUIRED if k not in data]
+    if unknown or missing:
+        problem = f"missing {', '.join(missing)}" if missing else f"unknown field(s) {', '.join(sorted(unknown))}"
+        raise RuleError(problem, where)
+    _check(isinstance(data["code"], str) and CODE.match(data["code"]), "code must look like CKP101", where)
+    _check(isinstance(data["name"], str) and NAME.match(data["name"]), "name must be kebab-case", where)
+    _check(data["severity"] in SEVERITIES, f"severity must be one of {', '.join(SEVERITIES)}", where)
+    _check(data["scope"] in SCOPES, f"scope must be one of {', '.join(SCOPES)}", where)
+    docs = data["docs"]
+    _check(isinstance(docs, dict) and all(isinstance(docs.get(s), str) and docs[s].strip() for s in DOC_SECTIONS),
+           f"docs must have non-empty {', '.join(DOC_SECTIONS)}", where)
+    params = data.get("params", {})
+    evidence = data.get("evidence", {})
+    _check(isinstance(params, dict) and isinstance(evidence, dict), "params and evidence must be tables", where)
+    overrides = data.get("severity_if", [])
+    _check(isinstance(overrides, list) and all(isinstance(o, dict) and o.get("severity") in SEVERITIES
+                                               and isinstance(o.get("when"), str) for o in overrides),
+           "severity_if entries need a severity and a `when` condition", where)
+    used: set[str] = set()
+    condition = _expression(data["condition"], where, "condition", used)
+    return Rule(
+        code=data["code"], name=data["name"], severity=data["severity"], scope=data["scope"],
+        condition_source=data["condition"], message_source=data["message"],
+        docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params,
+        tags=tuple(data.get("tags", ())), source=where, condition=condition,
+        message=_template(data["message"], where),
+        evidence={k: _expression(v, where, f"evidence.{k}", used) for k, v in evidence.items()},
+        severity_if=tuple(SeverityOverride(o["severity"], _expression(o["when"], where, "severity_if", used))
+                          for o in overrides),
+        facts_used=frozenset(used | _attributes(_parse(data["message"], where, "message"))),
+    )
+
+
+def _check(ok: Any, problem: str, where: str) -> None:
+    if not ok:
+        raise RuleError(problem, where)
+
+
+def _expression(source: Any, where: str, what: str, used: set[str]) -> Callable[..., Any]:
+    if not isinstance(source, str) or not source.strip():
+        raise RuleError(f"{what} must be a non-empty Jinja2 expression", where)
+    used |= _attributes(_parse("{{ " + source + " }}", where, what))
+    try:
+        return ENVIRONMENT.compile_expression(source, undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        raise RuleError(f"{what} does not compile: {exc.message}", where) from None
+
+
+def _template(source: Any, where: str) -> Any:
+    if not isinstance(source, str) or not source.strip():
+        raise RuleError("message must be a non-empty Jinja2 template", where)
+    try:
+        return ENVIRONMENT.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise RuleError(f"message does not compile: {exc.message}", where) from None
+
+
+def _parse(source: str, where: str, what: str) -> nodes.Template:
+    try:
+        return ENVIRONMENT.parse(source)
+    except TemplateSyntaxError as exc:
+        raise RuleError(f"{what} does not compile: {exc.message}", where) from None
+
+
+def _attributes(tree: nodes.Node) -> set[str]:
+    """``name.attr`` pairs read in a template: the facts a rule needs, known before it runs."""
+    found = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node.node, nodes.Name):
+            attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+            if isinstance(attr, str):
+                found.add(f"{node.node.name}.{attr}")
+    return found

@@ -1,0 +1,93 @@
+"""Run the enabled rules over a checkpoint's facts, scope by scope, and collect findings."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Iterable, Mapping
+
+from jinja2.exceptions import SecurityError, TemplateError
+
+from ckptlint.engine.rules import Rule
+from ckptlint.engine.selection import Selection
+from ckptlint.errors import RuleError
+from ckptlint.facts.checkpoint import CheckpointFacts
+from ckptlint.facts.security import distinct_global_facts
+from ckptlint.io.checkpoint import Checkpoint
+from ckptlint.io.unpickler import PickleGlobal
+from ckptlint.model import Finding
+
+
+def plain(value: Any) -> Any:
+    """Evidence as JSON-ready data: non-finite floats become strings, containers are copied."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+class Evaluator:
+    """The enabled rules, grouped by scope, and how to turn a true condition into a Finding."""
+
+    def __init__(self, rules: Iterable[Rule], selection: Selection) -> None:
+        self.selection = selection
+        self.rules = selection.enabled(rules)
+        self._by_scope: dict[str, list[Rule]] = defaultdict(list)
+        for rule in self.rules:
+            self._by_scope[rule.scope].append(rule)
+
+    def scoped(self, scope: str) -> list[Rule]:
+        return self._by_scope.get(scope, [])
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """Every ``subject.fact`` the enabled rules read."""
+        return frozenset().union(*(rule.facts_used for rule in self.rules))
+
+    def evaluate(self, rule: Rule, subject: Any, file: str, key: str | None,
+                 context: Mapping[str, Any]) -> Finding | None:
+        env = {**context, rule.subject: subject, "params": rule.params}
+        try:
+            if not rule.condition(**env):
+                return None
+            evidence = {name: plain(expr(**env)) for name, expr in rule.evidence.items()}
+            severity = next((o.severity for o in rule.severity_if if o.when(**env)), rule.severity)
+            message = " ".join(rule.message.render(**env, evidence=evidence).split())
+        except (TemplateError, SecurityError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise RuleError(f"rule {rule.name} failed on {key or file}: {type(exc).__name__}: {exc}",
+                            rule.source) from None
+        return Finding(rule.code, rule.name, self.selection.severity_of(rule, severity), file, key,
+                       message, evidence)
+
+    def run_scope(self, scope: str, subject: Any, file: str, key: str | None,
+                  context: Mapping[str, Any]) -> list[Finding]:
+        found = (self.evaluate(rule, subject, file, key, context) for rule in self.scoped(scope))
+        return [f for f in found if f is not None]
+
+
+def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: str,
+                         file_facts: Mapping[str, Any]) -> list[Finding]:
+    """The security rules; they also run on files that failed to read past their pickle."""
+    findings = []
+    for facts in distinct_global_facts(items):
+        findings += evaluator.run_scope("pickle-global", facts, file, None, {"file": file_facts})
+    return findings
+
+
+def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str) -> list[Finding]:
+    """Every enabled single-checkpoint rule on ``checkpoint``; findings name it ``label``."""
+    facts = CheckpointFacts(checkpoint, evaluator.wanted)
+    context = {"file": facts.file}
+    findings = evaluator.run_scope("file", facts.file, label, None, context)
+    findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, facts.file)
+    if not (evaluator.scoped("tensor") or evaluator.scoped("module")):
+        return findings
+    for module, tensors in facts.module_groups():
+        for key, tensor in tensors.items():
+            findings += evaluator.run_scope("tensor", tensor, label, key, context)
+        if tensors:
+            findings += evaluator.run_scope("module", module, label, module["path"], context)
+    return findings

@@ -1,0 +1,50 @@
+"""Facts about one checkpoint as a whole, and the factories for its tensor and module facts."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import networkx as nx
+
+from ckptlint.facts.module import ModuleFacts
+from ckptlint.facts.tensor import TensorFacts
+from ckptlint.graph.build import build_module_graph, split_key
+from ckptlint.io.checkpoint import Checkpoint
+
+
+class CheckpointFacts:
+    """Builds facts on demand; ``wanted`` (``tensor.std``-style names) says which value facts the
+    enabled rules read, so one read of a tensor computes all of them and nothing else."""
+
+    def __init__(self, checkpoint: Checkpoint, wanted: frozenset[str] | None = None,
+                 graph: nx.DiGraph | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.graph = graph if graph is not None else build_module_graph(checkpoint.tensors)
+        self._wanted = None if wanted is None else frozenset(
+            name.split(".", 1)[1] for name in wanted if name.startswith("tensor.")
+        )
+        self.file: dict[str, Any] = {
+            "path": checkpoint.path,
+            "format": checkpoint.format,
+            "layout": checkpoint.layout,
+            "tensor_count": len(checkpoint.tensors),
+            "parameter_count": checkpoint.parameter_count,
+            "bytes": checkpoint.total_bytes,
+            "stripped_prefix": checkpoint.stripped_prefix,
+            "pickle_global_count": len(checkpoint.pickle_globals),
+        }
+
+    def tensor(self, key: str) -> TensorFacts:
+        """Fresh facts for one tensor; callers keep them as long as they need them."""
+        module, _ = split_key(key)
+        return TensorFacts(self.checkpoint.tensors[key], self.graph.nodes[module]["kind"],
+                           self.checkpoint.read, self._wanted)
+
+    def module_groups(self) -> Iterator[tuple[ModuleFacts, dict[str, TensorFacts]]]:
+        """Each module with facts for its own tensors, in graph order; facts live per module so
+        memory stays bounded by the largest module, not the checkpoint."""
+        for path in nx.dfs_preorder_nodes(self.graph, ""):
+            data = self.graph.nodes[path]
+            tensors = {key: self.tensor(key) for key in data["tensors"].values()}
+            yield ModuleFacts(path, data["kind"], data["tensors"], tensors.__getitem__), tensors
+

@@ -1,0 +1,95 @@
+"""Which framework default initialisation a weight's values look drawn from, if any.
+
+Each candidate is a fully specified distribution (its scale follows from fan-in/fan-out), so
+the test is a one-sample Kolmogorov-Smirnov distance with nothing fitted: the distribution's
+shape must match, not only its spread. Trained weights of a similar scale have other shapes
+(heavier tails, offsets) and land far above the critical distance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SAMPLE = 65536  # evenly spaced elements; initialisation is i.i.d., so spacing loses nothing
+KS_CRITICAL_COEFFICIENT = 1.949  # Kolmogorov distribution at alpha = 0.001
+
+
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """fan_in and fan_out as torch.nn.init computes them (receptive field times channels)."""
+    if len(shape) < 2:
+        return (shape[0] if shape else 1), (shape[0] if shape else 1)
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def candidates(shape: tuple[int, ...], kind: str) -> list[tuple[str, str, float]]:
+    """(name, family, scale) for every default init plausible for this weight.
+
+    family "uniform": U(-scale, scale); "normal": N(0, scale).
+    """
+    fan_in, fan_out = fans(shape)
+    found = [
+        ("pytorch default (kaiming_uniform, a=sqrt(5))", "uniform", 1 / math.sqrt(fan_in)),
+        ("kaiming_uniform (fan_in)", "uniform", math.sqrt(6 / fan_in)),
+        ("kaiming_uniform (fan_out)", "uniform", math.sqrt(6 / fan_out)),
+        ("kaiming_normal (fan_in)", "normal", math.sqrt(2 / fan_in)),
+        ("kaiming_normal (fan_out)", "normal", math.sqrt(2 / fan_out)),
+        ("xavier_uniform", "uniform", math.sqrt(6 / (fan_in + fan_out))),
+        ("xavier_normal", "normal", math.sqrt(2 / (fan_in + fan_out))),
+        ("normal(0, 0.02)", "normal", 0.02),
+        ("normal(0, 0.01)", "normal", 0.01),
+    ]
+    if kind == "embedding":
+        found.append(("normal(0, 1) (nn.Embedding default)", "normal", 1.0))
+    return found
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf of its own.
+    x = np.abs(z) / math.sqrt(2)
+    t = 1 / (1 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = 1 - poly * np.exp(-x * x)
+    return 0.5 * (1 + np.sign(z) * erf)
+
+
+def _ks_distance(sorted_sample: np.ndarray, cdf: np.ndarray) -> float:
+    n = sorted_sample.size
+    upper = np.arange(1, n + 1) / n - cdf
+    lower = cdf - np.arange(0, n) / n
+    return float(max(upper.max(), lower.max()))
+
+
+def sample(values: np.ndarray) -> np.ndarray:
+    flat = values.reshape(-1)
+    step = max(1, flat.size // SAMPLE)
+    picked = flat[::step][:SAMPLE].astype(np.float64)
+    return np.sort(picked[np.isfinite(picked)])
+
+
+def fingerprint(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
+    """Every candidate init with its KS distance, critical distance and std ratio, best first."""
+    xs = sample(values)
+    if xs.size < 2 or xs[0] == xs[-1]:
+        return []
+    std = float(xs.std())
+    critical = KS_CRITICAL_COEFFICIENT / math.sqrt(xs.size)
+    fits = []
+    for name, family, scale in candidates(tuple(values.shape), kind):
+        if family == "uniform":
+            cdf = np.clip((xs + scale) / (2 * scale), 0.0, 1.0)
+            expected_std = scale / math.sqrt(3)
+        else:
+            cdf = _normal_cdf(xs / scale)
+            expected_std = scale
+        fits.append({
+            "name": name,
+            "ks": round(_ks_distance(xs, cdf), 6),
+            "ks_critical": round(critical, 6),
+            "std_ratio": round(std / expected_std, 6),
+            "expected_std": round(expected_std, 9),
+            "sample_size": int(xs.size),
+        })
+    return sorted(fits, key=lambda fit: (fit["ks"], fit["name"]))

@@ -1,0 +1,44 @@
+"""Facts computed when a rule first asks for them, then cached; rules see plain data only."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Iterator, Mapping
+
+
+class LazyFacts(Mapping[str, Any]):
+    """A read-only mapping of fact name -> plain value (numbers, strings, lists, dicts, None).
+
+    Subclasses set eager facts in ``_cache`` and declare ``providers``: fact name -> method that
+    fills ``_cache`` with that fact (and usually its siblings computed in the same pass).
+    Rules reach facts as attributes in Jinja (``tensor.std``), which falls back to ``[]``.
+    """
+
+    providers: ClassVar[dict[str, Callable[[Any], None]]] = {}
+
+    def __init__(self, eager: dict[str, Any]) -> None:
+        self._cache: dict[str, Any] = dict(eager)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._cache:
+            provider = self.providers.get(name)
+            if provider is None:
+                raise KeyError(name)
+            provider(self)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._cache, *self.providers]))
+
+    def __len__(self) -> int:
+        return len(set(self._cache) | set(self.providers))
+
+    def computed(self, name: str) -> bool:
+        return name in self._cache
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._cache.get('key', '')!r}>"
+
+
+def provides(names: str, method: Callable[[Any], None]) -> dict[str, Callable[[Any], None]]:
+    """``providers`` entries for a method that computes several facts at once."""
+    return {name: method for name in names.split()}

@@ -1,0 +1,41 @@
+"""Facts about one module: what tensors it holds and, lazily, the state of its statistics."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ckptlint.facts.lazy import LazyFacts, provides
+from ckptlint.facts.tensor import TensorFacts
+
+
+class ModuleFacts(LazyFacts):
+    """``module.*`` in rules. Value facts come from the tensors' own (shared, cached) facts."""
+
+    def __init__(self, path: str, kind: str, tensors: dict[str, str],
+                 tensor_facts: Callable[[str], TensorFacts]) -> None:
+        leaves = set(tensors)
+        weight = tensors.get("weight")
+        super().__init__({
+            "path": path,
+            "kind": kind,
+            "leaves": sorted(leaves),
+            "has_weight": "weight" in leaves,
+            "has_bias": "bias" in leaves,
+            "has_running_mean": "running_mean" in leaves,
+            "has_running_var": "running_var" in leaves,
+            "has_running_stats": {"running_mean", "running_var"} <= leaves,
+            "has_num_batches_tracked": "num_batches_tracked" in leaves,
+            "channels": tensor_facts(weight)["shape"][0] if weight and tensor_facts(weight)["ndim"] else None,
+        })
+        self._tensors = tensors
+        self._tensor_facts = tensor_facts
+
+    def _stats_state(self) -> None:
+        mean_key, var_key = self._tensors.get("running_mean"), self._tensors.get("running_var")
+        at_defaults = None
+        if mean_key and var_key:
+            mean, var = self._tensor_facts(mean_key), self._tensor_facts(var_key)
+            at_defaults = (mean["min"] == 0 == mean["max"]) and (var["min"] == 1 == var["max"])
+        self._cache["stats_at_defaults"] = at_defaults
+
+    providers = provides("stats_at_defaults", _stats_state)

@@ -1,0 +1,48 @@
+"""Infer what kind of layer a module is from its tensors' names and shapes."""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Protocol
+
+
+class Shaped(Protocol):
+    shape: tuple[int, ...]
+
+
+KINDS = ("container", "conv", "linear", "batchnorm", "frozen_batchnorm", "layernorm", "groupnorm",
+         "embedding", "multihead_attention", "unknown")
+
+# An affine-only norm module is a BatchNorm whose statistics are missing when its name says so
+# (torchvision/timm `bn1`, `downsample.1`; Hugging Face ResNet `normalization`); otherwise it is
+# a LayerNorm/GroupNorm, which has no running statistics by design.
+BATCHNORM_NAME = re.compile(r"(^|\.)(bn\d*|batch_?norm\d*|normalization)$|(^|\.)downsample\.1$", re.I)
+GROUPNORM_NAME = re.compile(r"(^|\.)(gn\d*|group_?norm\d*)$", re.I)
+EMBEDDING_NAME = re.compile(r"embed|wte$|wpe$", re.I)
+RUNNING_STATS = frozenset({"running_mean", "running_var"})
+
+
+def infer_kind(path: str, tensors: Mapping[str, Shaped]) -> str:
+    """Name the layer kind of module ``path`` holding ``tensors`` (leaf name -> tensor)."""
+    names = set(tensors)
+    if not names:
+        return "container"
+    if names & RUNNING_STATS:
+        return "batchnorm" if "num_batches_tracked" in names else "frozen_batchnorm"
+    if "num_batches_tracked" in names:
+        return "batchnorm"
+    if "in_proj_weight" in names or {"q_proj_weight", "k_proj_weight", "v_proj_weight"} <= names:
+        return "multihead_attention"
+    weight = tensors.get("weight")
+    if weight is None:
+        return "unknown"
+    rank = len(weight.shape)
+    if rank >= 3:
+        return "conv"
+    if rank == 2:
+        return "embedding" if "bias" not in names and EMBEDDING_NAME.search(path) else "linear"
+    if rank == 1:
+        if BATCHNORM_NAME.search(path):
+            return "batchnorm"
+        return "groupnorm" if GROUPNORM_NAME.search(path) else "layernorm"
+    return "unknown"

@@ -1,0 +1,83 @@
+"""The data that leaves the engine: findings, per-file summaries, read errors, the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITIES = ("info", "warning", "error")  # in increasing order
+
+
+def severity_rank(severity: str) -> int:
+    """info 0 < warning 1 < error 2; ``never`` ranks above everything."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One defect found: which rule, how bad, where, and the numbers that decided it."""
+
+    code: str
+    name: str
+    severity: str
+    file: str
+    key: str | None  # tensor or module path; None for a whole-file finding
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def sort_key(self) -> tuple[str, str, str, str]:
+        return (self.file, self.key or "", self.code, self.message)
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """What a checked file turned out to be."""
+
+    path: str
+    format: str
+    layout: str
+    tensors: int
+    parameters: int
+    bytes: int
+    sha256: str | None
+    stripped_prefix: str = ""
+    role: str = "target"  # or "pretrained"
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """A file that could not be read, with the one-line reason."""
+
+    file: str
+    message: str
+
+
+@dataclass
+class Report:
+    """Everything one run found; reporters render it, the CLI picks the exit code from it."""
+
+    files: list[FileSummary] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    errors: list[ReadError] = field(default_factory=list)
+    fail_on: str = "error"
+
+    def sort(self) -> None:
+        self.files.sort(key=lambda f: (f.path, f.role))
+        self.findings.sort(key=Finding.sort_key)
+        self.errors.sort(key=lambda e: (e.file, e.message))
+
+    @property
+    def failing(self) -> list[Finding]:
+        """Findings at or above ``fail_on``."""
+        threshold = severity_rank(self.fail_on)
+        return [f for f in self.findings if severity_rank(f.severity) >= threshold]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failing and not self.errors
+
+    def exit_code(self) -> int:
+        """2 when a file could not be read, 1 when findings reach ``fail_on``, else 0."""
+        if self.errors:
+            return 2
+        return 1 if self.failing else 0

@@ -1,0 +1,49 @@
+"""Shared test helpers: run the CLI in-process or as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ckptlint.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+CASES = FIXTURES / "cases"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Run ``ckptlint ARGS`` in-process from ``cwd``; returns exit code, stdout and stderr."""
+
+    def _run(*args: str, cwd: Path | None = None) -> Result:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return _run
+
+
+def run_subprocess(*args: str, cwd: Path | None = None, timeout: float = 120) -> Result:
+    """Run ckptlint as a separate process, as a user or CI would."""
+    done = subprocess.run([sys.executable, "-m", "ckptlint", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    return Result(done.returncode, done.stdout, done.stderr)

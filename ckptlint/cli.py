@@ -48,7 +48,8 @@ def cli() -> None:
 @click.option("--ignore", multiple=True, metavar="NAMES", help="Skip these rules (names or codes, comma-separated).")
 @click.option("--fail-on", type=click.Choice([*SEVERITIES, "never"]), default="error", show_default=True,
               help="Exit 1 when a finding at or above this severity exists.")
-@click.option("--key", metavar="PATH", help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
+@click.option("--key", metavar="PATH",
+              help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
 @click.option("--no-hash", is_flag=True, help="Do not compute the files' SHA-256 (saves reading every byte).")
 def check(paths: tuple[str, ...], fmt: str, output: str | None, select: tuple[str, ...],
           ignore: tuple[str, ...], fail_on: str, key: str | None, no_hash: bool) -> int:

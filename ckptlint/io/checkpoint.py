@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -53,7 +52,7 @@ class TensorRef:
         """First and one-past-last storage element the tensor touches (0, 0 when empty)."""
         if self.numel == 0:
             return 0, 0
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides))
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True))
         return self.offset, last + 1
 
     def validate(self) -> None:
@@ -149,7 +148,3 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def file_size(path: str) -> int:
-    return os.stat(path).st_size

@@ -66,7 +66,7 @@ def _tensor(name: str, entry: Any, path: str, data_start: int, size: int) -> Ten
 
 def _check_no_overlap(tensors: dict[str, TensorRef], path: str) -> None:
     spans = sorted((ref.storage_start, ref.storage_start + ref.nbytes, ref.key) for ref in tensors.values())
-    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
         if begin < end:
             raise CheckpointError(f"safetensors header: tensors {first!r} and {second!r} overlap", path)
 

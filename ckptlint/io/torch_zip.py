@@ -75,7 +75,8 @@ def unpickle_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, seen: list[P
     return unpickle(io.BytesIO(data), info.filename, seen, persistent_load)
 
 
-def _storage_location(raw: BinaryIO, info: zipfile.ZipInfo | None, key: str, itemsize: int, size: int) -> tuple[int, int]:
+def _storage_location(raw: BinaryIO, info: zipfile.ZipInfo | None, key: str, itemsize: int,
+                      size: int) -> tuple[int, int]:
     """Absolute offset of a stored entry's data, read from its local header, and its element count."""
     if info is None:
         raise CheckpointError(f"storage {key!r} is missing from the archive")

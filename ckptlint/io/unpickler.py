@@ -263,5 +263,5 @@ def unpickle(stream: BinaryIO, where: str, seen: list[PickleGlobal],
     except RecursionError:
         raise CheckpointError(f"{where}: pickle nests too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any failure inside a hostile pickle means "corrupt"
-        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
-        raise CheckpointError(f"{where}: corrupt pickle ({type(exc).__name__}{': ' if detail else ''}{detail})") from None
+        detail = f": {str(exc).splitlines()[0][:120]}" if str(exc) else ""
+        raise CheckpointError(f"{where}: corrupt pickle ({type(exc).__name__}{detail})") from None

@@ -13,6 +13,7 @@ from ckptlint.api import Options, check_paths
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import CkptlintError
+from ckptlint.facts.transfer import EXPECTATIONS, TransferOptions, presets
 from ckptlint.graph import GRAPH_FORMATS, build_module_graph
 from ckptlint.io.open import open_checkpoint
 from ckptlint.model import SEVERITIES
@@ -25,6 +26,17 @@ EXIT_USAGE = 2
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
     """``--select a,b --select c`` -> (a, b, c)."""
     return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
+
+
+def _maps(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``--map backbone.0.body.=`` -> (("backbone.0.body.", ""),)."""
+    pairs = []
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old:
+            raise click.BadParameter(f"{value!r} is not OLD=NEW", param_hint="--map")
+        pairs.append((old, new))
+    return tuple(pairs)
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -51,11 +63,26 @@ def cli() -> None:
 @click.option("--key", metavar="PATH",
               help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
 @click.option("--no-hash", is_flag=True, help="Do not compute the files' SHA-256 (saves reading every byte).")
+@click.option("--pretrained", metavar="FILE", help="The pretrained checkpoint the targets' weights should come from.")
+@click.option("--pretrained-key", metavar="PATH", help="--key for the pretrained checkpoint.")
+@click.option("--scope", metavar="MODULE", help="Target module that should come from the pretrained one "
+              "(default: inferred, e.g. backbone.0.body).")
+@click.option("--map", "maps", multiple=True, metavar="OLD=NEW",
+              help="Target key prefix OLD is pretrained prefix NEW; wins over inferred matches.")
+@click.option("--expect", type=click.Choice(EXPECTATIONS), default="copied", show_default=True,
+              help="copied: values must equal the pretrained ones; finetuned: trainable ones may drift.")
+@click.option("--preset", type=click.Choice(sorted(presets())), help="Scope and frozen tensors of a known model.")
+@click.option("--max-drift", type=click.FloatRange(0, None), default=0.25, show_default=True,
+              help="With --expect finetuned: largest relative change of a trainable tensor.")
 def check(paths: tuple[str, ...], fmt: str, output: str | None, select: tuple[str, ...],
-          ignore: tuple[str, ...], fail_on: str, key: str | None, no_hash: bool) -> int:
+          ignore: tuple[str, ...], fail_on: str, key: str | None, no_hash: bool, pretrained: str | None,
+          pretrained_key: str | None, scope: str | None, maps: tuple[str, ...], expect: str,
+          preset: str | None, max_drift: float) -> int:
     """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
+    transfer = TransferOptions(expect=expect, preset=preset, scope=scope, maps=_maps(maps), max_drift=max_drift)
     options = Options(selection=Selection(_names(select), _names(ignore)), fail_on=fail_on, key=key,
-                      hash_files=not no_hash)
+                      hash_files=not no_hash, pretrained=pretrained, pretrained_key=pretrained_key,
+                      transfer=transfer)
     report = check_paths(paths, options)
     _emit(RENDERERS[fmt](report), output)
     for error in report.errors:

@@ -52,6 +52,18 @@ class ReadError:
     message: str
 
 
+@dataclass(frozen=True)
+class PairRecord:
+    """One target tensor and the pretrained tensor it was matched with, and the verdict."""
+
+    file: str
+    target: str
+    pretrained: str
+    how: str
+    verdict: str
+    evidence: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
 @dataclass
 class Report:
     """Everything one run found; reporters render it, the CLI picks the exit code from it."""
@@ -59,11 +71,14 @@ class Report:
     files: list[FileSummary] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     errors: list[ReadError] = field(default_factory=list)
+    pairs: list[PairRecord] = field(default_factory=list)
+    transfer: dict[str, Any] | None = None  # score, by_stage, by_module; with --pretrained only
     fail_on: str = "error"
 
     def sort(self) -> None:
-        self.files.sort(key=lambda f: (f.path, f.role))
+        self.files.sort(key=lambda f: (f.role != "pretrained", f.path))
         self.findings.sort(key=Finding.sort_key)
+        self.pairs.sort(key=lambda p: (p.file, p.target))
         self.errors.sort(key=lambda e: (e.file, e.message))
 
     @property

@@ -13,6 +13,8 @@ from ckptlint.engine.selection import Selection
 from ckptlint.errors import RuleError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.security import distinct_global_facts
+from ckptlint.facts.tensor import TensorFacts
+from ckptlint.facts.transfer import TransferContext
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.unpickler import PickleGlobal
 from ckptlint.model import Finding
@@ -77,17 +79,38 @@ def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: 
     return findings
 
 
-def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str) -> list[Finding]:
-    """Every enabled single-checkpoint rule on ``checkpoint``; findings name it ``label``."""
+def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str,
+                     transfer: TransferContext | None = None) -> list[Finding]:
+    """Every enabled rule on ``checkpoint`` (and, with ``transfer``, on its pairs with the
+    pretrained checkpoint); findings name the file ``label``."""
     facts = CheckpointFacts(checkpoint, evaluator.wanted)
     context = {"file": facts.file}
     findings = evaluator.run_scope("file", facts.file, label, None, context)
     findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, facts.file)
-    if not (evaluator.scoped("tensor") or evaluator.scoped("module")):
+    needs_values = any(evaluator.scoped(s) for s in ("tensor", "module", "pair", "unmatched-target"))
+    if not (needs_values or transfer):
         return findings
-    for module, tensors in facts.module_groups():
+    groups = facts.module_groups(transfer.tensor_extra, transfer.module_extra) if transfer else facts.module_groups()
+    for module, tensors in groups:
         for key, tensor in tensors.items():
+            if transfer is not None:
+                findings += _transfer_findings(evaluator, transfer, key, tensor, label, context)
             findings += evaluator.run_scope("tensor", tensor, label, key, context)
         if tensors:
             findings += evaluator.run_scope("module", module, label, module["path"], context)
+    if transfer is not None:
+        for tensor in transfer.unused_facts():
+            findings += evaluator.run_scope("unused-pretrained", tensor, label, tensor["key"], context)
     return findings
+
+
+def _transfer_findings(evaluator: Evaluator, transfer: TransferContext, key: str, tensor: TensorFacts,
+                       label: str, context: Mapping[str, Any]) -> list[Finding]:
+    pair = transfer.pair_facts(key, tensor)
+    if pair is not None:
+        pair["verdict"]  # every pair is judged, for the report, whether or not a rule asks
+        return evaluator.run_scope("pair", pair, label, key,
+                                   {**context, "target": tensor, "pretrained": pair.pretrained_facts})
+    if transfer.is_unmatched(key):
+        return evaluator.run_scope("unmatched-target", tensor, label, key, context)
+    return []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import networkx as nx
 
@@ -17,11 +17,13 @@ class CheckpointFacts:
     enabled rules read, so one read of a tensor computes all of them and nothing else."""
 
     def __init__(self, checkpoint: Checkpoint, wanted: frozenset[str] | None = None,
-                 graph: nx.DiGraph | None = None) -> None:
+                 subjects: tuple[str, ...] = ("tensor", "target")) -> None:
         self.checkpoint = checkpoint
-        self.graph = graph if graph is not None else build_module_graph(checkpoint.tensors)
+        self.graph = build_module_graph(checkpoint.tensors)
+        # The names under which rules see this checkpoint's tensors (``tensor``, and ``target``
+        # or ``pretrained`` beside a pair).
         self._wanted = None if wanted is None else frozenset(
-            name.split(".", 1)[1] for name in wanted if name.startswith("tensor.")
+            name.split(".", 1)[1] for name in wanted if name.split(".", 1)[0] in subjects
         )
         self.file: dict[str, Any] = {
             "path": checkpoint.path,
@@ -34,17 +36,21 @@ class CheckpointFacts:
             "pickle_global_count": len(checkpoint.pickle_globals),
         }
 
-    def tensor(self, key: str) -> TensorFacts:
+    def tensor(self, key: str, extra: dict[str, Any] | None = None) -> TensorFacts:
         """Fresh facts for one tensor; callers keep them as long as they need them."""
         module, _ = split_key(key)
         return TensorFacts(self.checkpoint.tensors[key], self.graph.nodes[module]["kind"],
-                           self.checkpoint.read, self._wanted)
+                           self.checkpoint.read, self._wanted, extra)
 
-    def module_groups(self) -> Iterator[tuple[ModuleFacts, dict[str, TensorFacts]]]:
+    def module_groups(self, tensor_extra: Callable[[str], dict[str, Any]] | None = None,
+                      module_extra: Callable[[str, dict[str, str]], dict[str, Any]] | None = None,
+                      ) -> Iterator[tuple[ModuleFacts, dict[str, TensorFacts]]]:
         """Each module with facts for its own tensors, in graph order; facts live per module so
         memory stays bounded by the largest module, not the checkpoint."""
         for path in nx.dfs_preorder_nodes(self.graph, ""):
             data = self.graph.nodes[path]
-            tensors = {key: self.tensor(key) for key in data["tensors"].values()}
-            yield ModuleFacts(path, data["kind"], data["tensors"], tensors.__getitem__), tensors
+            tensors = {key: self.tensor(key, tensor_extra(key) if tensor_extra else None)
+                       for key in data["tensors"].values()}
+            extra = module_extra(path, data["tensors"]) if module_extra else {}
+            yield ModuleFacts(path, data["kind"], data["tensors"], tensors.__getitem__, extra), tensors
 

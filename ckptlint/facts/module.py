@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from ckptlint.facts.lazy import LazyFacts, provides
 from ckptlint.facts.tensor import TensorFacts
@@ -12,7 +12,7 @@ class ModuleFacts(LazyFacts):
     """``module.*`` in rules. Value facts come from the tensors' own (shared, cached) facts."""
 
     def __init__(self, path: str, kind: str, tensors: dict[str, str],
-                 tensor_facts: Callable[[str], TensorFacts]) -> None:
+                 tensor_facts: Callable[[str], TensorFacts], extra: dict[str, Any] | None = None) -> None:
         leaves = set(tensors)
         weight = tensors.get("weight")
         super().__init__({
@@ -26,6 +26,9 @@ class ModuleFacts(LazyFacts):
             "has_running_stats": {"running_mean", "running_var"} <= leaves,
             "has_num_batches_tracked": "num_batches_tracked" in leaves,
             "channels": tensor_facts(weight)["shape"][0] if weight and tensor_facts(weight)["ndim"] else None,
+            "pretrained_module": None,
+            "pretrained_has_running_stats": False,
+            **(extra or {}),
         })
         self._tensors = tensors
         self._tensor_facts = tensor_facts

@@ -23,7 +23,7 @@ class TensorFacts(LazyFacts):
     """``tensor.*`` in rules. Reading values happens once, for every value group wanted."""
 
     def __init__(self, ref: TensorRef, module_kind: str, read: Callable[[str], np.ndarray],
-                 wanted: frozenset[str] | None = None) -> None:
+                 wanted: frozenset[str] | None = None, extra: dict[str, Any] | None = None) -> None:
         module, leaf = split_key(ref.key)
         fan_in, fan_out = fans(ref.shape)
         super().__init__({
@@ -41,18 +41,23 @@ class TensorFacts(LazyFacts):
             "is_parameter": ref.is_parameter,
             "fan_in": fan_in,
             "fan_out": fan_out,
+            "paired": False,
+            **(extra or {}),
         })
         self._read = read
         self._wanted_groups = {g for g, names in VALUE_GROUPS.items() if wanted is None or wanted & set(names)}
 
     def _compute_values(self, group: str) -> None:
-        groups = (self._wanted_groups | {group}) - {g for g in VALUE_GROUPS if self.computed(VALUE_GROUPS[g][0])}
-        self.set_values(self._read(self["key"]), groups)
+        self.set_values(self._read(self["key"]), {group})
 
-    def set_values(self, values: np.ndarray, groups: set[str] | None = None) -> None:
-        """Compute the value groups from ``values`` (read once by whoever holds them)."""
-        for group in groups if groups is not None else self._wanted_groups:
+    def set_values(self, values: np.ndarray, groups: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Compute ``groups`` and every wanted group not yet known from ``values``, which the
+        caller read once (a pair comparison hands its arrays over this way)."""
+        for group in (self._wanted_groups | set(groups)) - self._known_groups():
             self._cache.update(_GROUP_FUNCTIONS[group](values, self))
+
+    def _known_groups(self) -> set[str]:
+        return {group for group, names in VALUE_GROUPS.items() if self.computed(names[0])}
 
     providers = {
         **provides(STATS, lambda self: self._compute_values("stats")),

@@ -33,9 +33,22 @@ def render_text(report: Report) -> str:
     for error in report.errors:
         lines.append(f"{error.file}: error: {error.message}")
         lines += [_finding_line(f) for f in by_file.pop(error.file, [])]
+    if report.transfer is not None:
+        lines += _transfer_table(report.transfer)
     counts = Counter(f.severity for f in report.findings)
     tally = ", ".join(f"{counts[s]} {s}{'s' if counts[s] != 1 and s != 'info' else ''}" for s in reversed(SEVERITIES))
     checked = len(report.files) + len(report.errors)
     unreadable = f", {len(report.errors)} unreadable" if report.errors else ""
     lines.append(f"{tally} in {checked} file{'s' if checked != 1 else ''}{unreadable}.")
     return "\n".join(lines) + "\n"
+
+
+def _transfer_table(transfer: dict) -> list[str]:
+    """Per-stage share of pretrained parameters faithfully carried, with the verdict counts."""
+    lines = ["", f"Transfer: {transfer['score']:.1%} of {_human_count(transfer['parameters'])} pretrained "
+                 "parameters faithfully carried",
+             f"  {'stage':<8} {'score':>7} {'params':>8}  verdicts"]
+    for stage, row in transfer["by_stage"].items():
+        verdicts = ", ".join(f"{n} {v}" for v, n in row["verdicts"].items())
+        lines.append(f"  {stage:<8} {row['score']:>7.1%} {_human_count(row['parameters']):>8}  {verdicts}")
+    return lines + [""]

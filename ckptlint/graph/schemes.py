@@ -1,0 +1,40 @@
+"""Naming-scheme tables (``data/naming_schemes.toml``) turned into key rewriters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from ckptlint._toml import tomllib
+
+PLACEHOLDER = re.compile(r"\{(\w+)([+-]\d+)?\}")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    rules: tuple[tuple[re.Pattern[str], str], ...]
+
+    def canonical(self, key: str) -> str:
+        """The key in torchvision names (unchanged when no rule applies)."""
+        for pattern, template in self.rules:
+            match = pattern.search(key)
+            if match:
+                return key[:match.start(1)] + _fill(template, match) + key[match.end():]
+        return key
+
+
+def _fill(template: str, match: re.Match[str]) -> str:
+    return PLACEHOLDER.sub(lambda m: str(int(match.group(m.group(1))) + int(m.group(2) or 0)), template)
+
+
+@cache
+def schemes() -> tuple[Scheme, ...]:
+    text = resources.files("ckptlint.data").joinpath("naming_schemes.toml").read_text("utf-8")
+    return tuple(
+        Scheme(entry["name"], tuple((re.compile(r"(^|(?<=\.))(" + rule["from"] + ")"), rule["to"])
+                                    for rule in entry["rules"]))
+        for entry in tomllib.loads(text)["scheme"]
+    )

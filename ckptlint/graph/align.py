@@ -6,8 +6,9 @@ was found. Strategies run in order; each only sees the keys the earlier ones lef
 3. inferred prefixes (``backbone.0.body.`` <-> root, ``module.``, ``resnet.``), chosen by votes;
 4. naming-scheme tables (``data/naming_schemes.toml``): both sides rewritten to torchvision
    names, then 2 and 3 again;
-5. longest common dotted suffix (detectron2's method); a pretrained key that two target keys
-   would claim is reported as ambiguous, never guessed;
+5. longest common dotted suffix (detectron2's method: equal shapes, and a suffix naming at
+   least two modules or leaves, so ``1.weight`` proves nothing); a pretrained key that two
+   target keys would claim is reported as ambiguous, never guessed;
 6. bit-identical content (a hash per tensor), whatever the names — only between still-unmatched
    tensors of the same shape and dtype, so few tensors are read.
 
@@ -25,7 +26,8 @@ from ckptlint.graph.schemes import schemes
 from ckptlint.io.checkpoint import TensorRef
 
 MIN_SUFFIX_PARTS = 2  # "weight" alone says nothing; "conv1.weight" starts to
-PREFIX_DEPTH = 4  # deepest pretrained-side prefix considered (``model.backbone.body.``)
+MIN_PREFIX_SHARE = 0.25  # of the smaller side's unmatched keys
+MAX_VOTERS = 4  # a suffix shared by more pretrained keys than this does not vote
 
 
 @dataclass(frozen=True)
@@ -54,31 +56,32 @@ def _suffixes(key: str) -> list[tuple[str, str]]:
     return [(".".join(parts[:i]) + ".", ".".join(parts[i:])) for i in range(1, len(parts))]
 
 
-def _common_prefixes(keys: Sequence[str]) -> list[str]:
-    """Prefixes (up to PREFIX_DEPTH parts) that at least half of ``keys`` carry, and ""."""
-    counts: Counter[str] = Counter()
-    for key in keys:
-        parts = key.split(".")
-        for depth in range(1, min(PREFIX_DEPTH, len(parts) - 1) + 1):
-            counts[".".join(parts[:depth]) + "."] += 1
-    return [""] + [p for p, n in counts.items() if n * 2 >= len(keys)]
-
-
 def _infer_prefix(targets: Sequence[str], pretrained: Sequence[str]) -> tuple[str, str]:
-    """The (target prefix, pretrained prefix) that explains the most keys (at least two)."""
+    """The (target prefix, pretrained prefix) that explains the most keys, if it explains a
+    real share of them (a few coincidences such as ``layers.0.weight`` must not count).
+
+    Each target key votes once, with its longest dotted suffix (of at least two parts) that
+    ends some pretrained key; a suffix ending more than a few keys says nothing and is skipped.
+    """
+    by_suffix: dict[str, list[str]] = defaultdict(list)
+    for key in pretrained:
+        for prefix, suffix in [("", key), *_suffixes(key)]:
+            if suffix.count(".") + 1 >= MIN_SUFFIX_PARTS:
+                by_suffix[suffix].append(prefix)
     votes: Counter[tuple[str, str]] = Counter()
-    for p_prefix in _common_prefixes(pretrained):
-        stripped = {k[len(p_prefix):] for k in pretrained if k.startswith(p_prefix)}
-        for key in targets:
-            if key in stripped and p_prefix:
-                votes[("", p_prefix)] += 1
-            for t_prefix, suffix in _suffixes(key):
-                if suffix in stripped:
-                    votes[(t_prefix, p_prefix)] += 1
+    for key in targets:
+        for t_prefix, suffix in [("", key), *_suffixes(key)]:
+            candidates = by_suffix.get(suffix)
+            if candidates:
+                if len(candidates) <= MAX_VOTERS:
+                    votes.update((t_prefix, p_prefix) for p_prefix in candidates)
+                break
+    votes.pop(("", ""), None)
     if not votes:
         return "", ""
     best, count = max(votes.items(), key=lambda item: (item[1], -len(item[0][0]) - len(item[0][1])))
-    return best if count >= 2 else ("", "")
+    needed = max(2, MIN_PREFIX_SHARE * min(len(targets), len(pretrained)))
+    return best if count >= needed else ("", "")
 
 
 class _Matcher:
@@ -137,7 +140,7 @@ def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
     for scheme in schemes():
         if any(scheme.canonical(k) != k for k in (*match.left_t, *match.left_p)):
             match.by_names(scheme.canonical, f"scheme:{scheme.name}")
-    ambiguous = _match_suffixes(match)
+    ambiguous = _match_suffixes(match, target, pretrained)
     if read_target and read_pretrained:
         _match_content(match, target, pretrained, read_target, read_pretrained)
     if scope is None:
@@ -146,17 +149,25 @@ def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
     return Alignment(match.pairs, scope, in_scope, list(match.left_p), ambiguous, match.prefix)
 
 
-def _match_suffixes(match: _Matcher) -> dict[str, list[str]]:
+def _telling_suffixes(key: str) -> list[str]:
+    """Suffixes, longest first, that name at least MIN_SUFFIX_PARTS non-numeric parts."""
+    parts = key.split(".")
+    named = [i for i, part in enumerate(parts) if not part.isdigit()]
+    if len(named) < MIN_SUFFIX_PARTS:
+        return []
+    return [".".join(parts[i:]) for i in range(named[-MIN_SUFFIX_PARTS] + 1)]
+
+
+def _match_suffixes(match: _Matcher, target: Mapping[str, TensorRef],
+                    pretrained: Mapping[str, TensorRef]) -> dict[str, list[str]]:
     by_suffix: dict[str, list[str]] = defaultdict(list)
     for key in match.left_p:
-        parts = key.split(".")
-        for i in range(len(parts) - MIN_SUFFIX_PARTS + 1):
-            by_suffix[".".join(parts[i:])].append(key)
+        for suffix in _telling_suffixes(key):
+            by_suffix[suffix].append(key)
     claims: dict[str, list[str]] = {}
     for key in match.left_t:
-        parts = key.split(".")
-        for i in range(len(parts) - MIN_SUFFIX_PARTS + 1):
-            candidates = by_suffix.get(".".join(parts[i:]))
+        for suffix in _telling_suffixes(key):
+            candidates = [c for c in by_suffix.get(suffix, ()) if pretrained[c].shape == target[key].shape]
             if candidates:
                 claims[key] = candidates
                 break

@@ -125,3 +125,15 @@ def test_report_fields_and_text_table(run) -> None:
     assert math.isclose(report["transfer"]["score"], 1.0)
     text = run("check", DETR, "--pretrained", PRETRAINED, "--no-hash").out
     assert "Transfer: 100.0% of" in text and "layer4    100.0%" in text
+
+
+def test_hf_detr_preset_freezes_batchnorm_under_hf_names(tmp_path: Path) -> None:
+    source = CASES / "transfer-hf-naming" / "model.safetensors"
+    assert _check(str(source), PRETRAINED, expect="finetuned", preset="hf-detr")["findings"] == Counter(
+        {("unused-pretrained-key", "info"): 2})
+    state = safetensors.torch.load_file(source)
+    key = "model.backbone.conv_encoder.model.encoder.stages.1.layers.0.layer.2.normalization.running_var"
+    state[key] = state[key] * 1.01
+    safetensors.torch.save_file(state, tmp_path / "changed.safetensors")
+    report = _check(str(tmp_path / "changed.safetensors"), PRETRAINED, expect="finetuned", preset="hf-detr")["report"]
+    assert [(f.name, f.key) for f in report.findings if f.severity == "error"] == [("frozen-param-changed", key)]

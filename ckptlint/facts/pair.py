@@ -78,15 +78,16 @@ class PairFacts(LazyFacts):
             return "copied", None
         if facts["equal_after_cast"]:
             return "cast", None
+        target, pretrained = self.target_facts, self.pretrained_facts
+        if target["is_constant"] and not pretrained["is_constant"]:
+            return "reinitialized", f"constant {target['min']:g}"  # BatchNorm's 1/0 defaults
         if facts["cosine"] >= MODIFIED_MIN_COSINE:
             return "modified", None  # still correlated with the pretrained values: it moved
         init = self._init_resembled(t_values)
         return ("reinitialized", init) if init else ("unrelated", None)
 
     def _init_resembled(self, t_values: np.ndarray) -> str | None:
-        target, pretrained = self.target_facts, self.pretrained_facts
-        if target["is_constant"] and not pretrained["is_constant"]:
-            return f"constant {target['min']:g}"
+        target = self.target_facts
         if not target["is_float"] or target["ndim"] < 2:
             return None
         target.set_values(t_values, {"init"})

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ckptlint.engine.registry import load_all_rules
+from ckptlint.engine.rules import Rule
 from ckptlint.engine.runner import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import CheckpointError
 from ckptlint.facts.transfer import TransferContext, TransferOptions, transfer_summary
+from ckptlint.fingerprint import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.open import open_checkpoint
-from ckptlint.model import FileSummary, PairRecord, ReadError, Report
+from ckptlint.model import Finding, FileSummary, PairRecord, ReadError, Report
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class Options:
     transfer: TransferOptions = field(default_factory=TransferOptions)
 
 
+@cache
+def _rules(folders: tuple[Path, ...]) -> list[Rule]:
+    return load_all_rules(folders)
+
+
 def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str) -> FileSummary:
     return FileSummary(
         path=path, format=checkpoint.format, layout=checkpoint.layout, tensors=len(checkpoint.tensors),
@@ -40,51 +48,82 @@ def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str) -> 
     )
 
 
-def _open(path: str, key: str | None, evaluator: Evaluator, report: Report) -> Checkpoint | None:
-    """Open a checkpoint, or record why not (still judging any pickle globals it named)."""
-    try:
-        return open_checkpoint(path, key)
-    except CheckpointError as exc:
-        report.errors.append(ReadError(path, exc.message))
-        report.findings += check_pickle_globals(evaluator, exc.pickle_globals, path, {"path": path})
-        return None
+class _Job:
+    """One group of paths checked with the same options, adding to a shared report."""
+
+    def __init__(self, options: Options, report: Report) -> None:
+        self.options = options
+        self.report = report
+        self.evaluator = Evaluator(_rules(options.rule_folders), options.selection)
+        self.findings: list[Finding] = []
+        self.score_entries: list[Any] = []
+
+    def open(self, path: str, key: str | None) -> Checkpoint | None:
+        """Open a checkpoint, or record why not (still judging any pickle globals it named)."""
+        try:
+            return open_checkpoint(path, key)
+        except CheckpointError as exc:
+            self.report.errors.append(ReadError(path, exc.message))
+            self.findings += check_pickle_globals(self.evaluator, exc.pickle_globals, path, {"path": path})
+            return None
+
+    def run(self, paths: Sequence[str]) -> None:
+        options = self.options
+        with ExitStack() as stack:
+            pretrained = None
+            if options.pretrained:
+                pretrained = self.open(options.pretrained, options.pretrained_key)
+                if pretrained is None:
+                    return
+                stack.enter_context(pretrained)
+                if options.pretrained not in {f.path for f in self.report.files if f.role == "pretrained"}:
+                    self.report.files.append(_summary(options.pretrained, pretrained, options, "pretrained"))
+                    self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals,
+                                                          options.pretrained, {"path": options.pretrained})
+            for path in paths:
+                checkpoint = self.open(path, options.key)
+                if checkpoint is not None:
+                    with checkpoint:
+                        self._check(path, checkpoint, pretrained)
+
+    def _check(self, path: str, checkpoint: Checkpoint, pretrained: Checkpoint | None) -> None:
+        self.report.files.append(_summary(path, checkpoint, self.options, "target"))
+        try:
+            transfer = (TransferContext(checkpoint, pretrained, self.options.transfer, self.evaluator.wanted)
+                        if pretrained else None)
+            self.findings += check_checkpoint(self.evaluator, checkpoint, path, transfer)
+        except CheckpointError as exc:  # a tensor's bytes turned out unreadable
+            self.report.errors.append(ReadError(exc.path or path, exc.message))
+            return
+        if transfer is not None:
+            self.report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
+                                             p.summary()) for p in transfer.judged]
+            self.score_entries += transfer.score_entries()
 
 
-def check_paths(paths: Sequence[str], options: Options = Options()) -> Report:
-    """Read and lint each path (against ``options.pretrained`` when given); unreadable files
-    become report errors and the rest still run."""
-    evaluator = Evaluator(load_all_rules(options.rule_folders), options.selection)
-    report = Report(fail_on=options.fail_on)
-    entries: list = []
-    with ExitStack() as stack:
-        pretrained = None
-        if options.pretrained:
-            pretrained = _open(options.pretrained, options.pretrained_key, evaluator, report)
-            if pretrained is None:
-                report.sort()
-                return report
-            stack.enter_context(pretrained)
-            report.files.append(_summary(options.pretrained, pretrained, options, "pretrained"))
-            report.findings += check_pickle_globals(evaluator, pretrained.pickle_globals, options.pretrained,
-                                                    {"path": options.pretrained})
-        for path in paths:
-            checkpoint = _open(path, options.key, evaluator, report)
-            if checkpoint is None:
-                continue
-            with checkpoint:
-                report.files.append(_summary(path, checkpoint, options, "target"))
-                try:
-                    transfer = (TransferContext(checkpoint, pretrained, options.transfer, evaluator.wanted)
-                                if pretrained else None)
-                    report.findings += check_checkpoint(evaluator, checkpoint, path, transfer)
-                except CheckpointError as exc:  # a tensor's bytes turned out unreadable
-                    report.errors.append(ReadError(exc.path or path, exc.message))
-                    continue
-                if transfer is not None:
-                    report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
-                                                p.summary()) for p in transfer.judged]
-                    entries += transfer.score_entries()
-    if pretrained is not None:
+def run_jobs(jobs: Sequence[tuple[Sequence[str], Options]], source_root: str | None = None) -> Report:
+    """Check each group of paths with its options; one report for all of them."""
+    report = Report(fail_on=jobs[0][1].fail_on if jobs else "error",
+                    source_root=source_root or find_source_root())
+    entries: list[Any] = []
+    with_pretrained = False
+    for paths, options in jobs:
+        job = _Job(options, report)
+        job.run(paths)
+        active, suppressed = options.selection.split_baseline(job.findings, report.source_root)
+        report.findings += active
+        report.suppressed += suppressed
+        entries += job.score_entries
+        known = {rule["code"] for rule in report.rules}
+        report.rules += [rule.describe() for rule in job.evaluator.rules if rule.code not in known]
+        with_pretrained = with_pretrained or bool(options.pretrained)
+    if with_pretrained:
         report.transfer = transfer_summary(entries)
     report.sort()
     return report
+
+
+def check_paths(paths: Sequence[str], options: Options = Options(), source_root: str | None = None) -> Report:
+    """Read and lint each path (against ``options.pretrained`` when given); unreadable files
+    become report errors and the rest still run."""
+    return run_jobs([(paths, options)], source_root)

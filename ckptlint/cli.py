@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from typing import Any
@@ -9,16 +10,18 @@ from typing import Any
 import click
 
 import ckptlint
-from ckptlint.api import Options, check_paths
+from ckptlint.api import run_jobs
+from ckptlint.baseline import render_baseline
+from ckptlint.config import load_config, resolve_jobs
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import CkptlintError
-from ckptlint.facts.transfer import EXPECTATIONS, TransferOptions, presets
+from ckptlint.facts.transfer import EXPECTATIONS, presets
 from ckptlint.graph import GRAPH_FORMATS, build_module_graph
 from ckptlint.io.open import open_checkpoint
 from ckptlint.model import SEVERITIES
 from ckptlint.output import write_atomically
-from ckptlint.report import RENDERERS
+from ckptlint.report import RENDERERS, render_step_summary
 
 EXIT_USAGE = 2
 
@@ -56,10 +59,12 @@ def cli() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write the report here (atomically) instead of stdout.")
+@click.option("--config", "config_path", metavar="FILE",
+              help="Configuration file to use (default: the nearest pyproject.toml [tool.ckptlint] or ckptlint.toml).")
 @click.option("--select", multiple=True, metavar="NAMES", help="Only these rules (names or codes, comma-separated).")
 @click.option("--ignore", multiple=True, metavar="NAMES", help="Skip these rules (names or codes, comma-separated).")
-@click.option("--fail-on", type=click.Choice([*SEVERITIES, "never"]), default="error", show_default=True,
-              help="Exit 1 when a finding at or above this severity exists.")
+@click.option("--fail-on", type=click.Choice([*SEVERITIES, "never"]),
+              help="Exit 1 when a finding at or above this severity exists (default: error).")
 @click.option("--key", metavar="PATH",
               help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
 @click.option("--no-hash", is_flag=True, help="Do not compute the files' SHA-256 (saves reading every byte).")
@@ -69,22 +74,30 @@ def cli() -> None:
               "(default: inferred, e.g. backbone.0.body).")
 @click.option("--map", "maps", multiple=True, metavar="OLD=NEW",
               help="Target key prefix OLD is pretrained prefix NEW; wins over inferred matches.")
-@click.option("--expect", type=click.Choice(EXPECTATIONS), default="copied", show_default=True,
-              help="copied: values must equal the pretrained ones; finetuned: trainable ones may drift.")
+@click.option("--expect", type=click.Choice(EXPECTATIONS),
+              help="copied (default): values must equal the pretrained ones; finetuned: trainable ones may drift.")
 @click.option("--preset", type=click.Choice(sorted(presets())), help="Scope and frozen tensors of a known model.")
-@click.option("--max-drift", type=click.FloatRange(0, None), default=0.25, show_default=True,
-              help="With --expect finetuned: largest relative change of a trainable tensor.")
-def check(paths: tuple[str, ...], fmt: str, output: str | None, select: tuple[str, ...],
-          ignore: tuple[str, ...], fail_on: str, key: str | None, no_hash: bool, pretrained: str | None,
-          pretrained_key: str | None, scope: str | None, maps: tuple[str, ...], expect: str,
-          preset: str | None, max_drift: float) -> int:
+@click.option("--max-drift", type=click.FloatRange(0, None),
+              help="With --expect finetuned: largest relative change of a trainable tensor (default 0.25).")
+@click.option("--baseline", metavar="FILE", help="Suppress findings recorded in this baseline file.")
+@click.option("--write-baseline", metavar="FILE", help="Record every current finding in a baseline file.")
+def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, no_hash: bool,
+          write_baseline: str | None, **given: Any) -> int:
     """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
-    transfer = TransferOptions(expect=expect, preset=preset, scope=scope, maps=_maps(maps), max_drift=max_drift)
-    options = Options(selection=Selection(_names(select), _names(ignore)), fail_on=fail_on, key=key,
-                      hash_files=not no_hash, pretrained=pretrained, pretrained_key=pretrained_key,
-                      transfer=transfer)
-    report = check_paths(paths, options)
+    settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
+    for name in ("select", "ignore"):
+        if name in settings:
+            settings[name] = _names(settings[name])
+    if "maps" in settings:
+        settings["maps"] = _maps(settings["maps"])
+    jobs = resolve_jobs(paths, settings, load_config(paths, config_path), hash_files=not no_hash)
+    report = run_jobs(jobs)
     _emit(RENDERERS[fmt](report), output)
+    if write_baseline:
+        write_atomically(write_baseline, render_baseline(report.findings + report.suppressed, report.source_root))
+    if fmt == "github" and os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
+            summary.write(render_step_summary(report))
     for error in report.errors:
         click.echo(f"ckptlint: {error.file}: {error.message}", err=True)
     return report.exit_code()

@@ -73,12 +73,17 @@ class Report:
     errors: list[ReadError] = field(default_factory=list)
     pairs: list[PairRecord] = field(default_factory=list)
     transfer: dict[str, Any] | None = None  # score, by_stage, by_module; with --pretrained only
+    suppressed: list[Finding] = field(default_factory=list)  # accepted in a baseline
+    rules: list[dict[str, Any]] = field(default_factory=list)  # the enabled rules, described
     fail_on: str = "error"
+    source_root: str = "."  # paths in SARIF and fingerprints are relative to it
 
     def sort(self) -> None:
         self.files.sort(key=lambda f: (f.role != "pretrained", f.path))
         self.findings.sort(key=Finding.sort_key)
+        self.suppressed.sort(key=Finding.sort_key)
         self.pairs.sort(key=lambda p: (p.file, p.target))
+        self.rules.sort(key=lambda r: r["code"])
         self.errors.sort(key=lambda e: (e.file, e.message))
 
     @property

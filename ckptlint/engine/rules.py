@@ -27,7 +27,7 @@ SCOPES = {
 }
 DOC_SECTIONS = ("what", "why", "example", "fix")
 REQUIRED = ("code", "name", "severity", "scope", "condition", "message", "docs")
-OPTIONAL = ("params", "evidence", "tags", "severity_if")
+OPTIONAL = ("params", "evidence", "tags", "severity_if", "security_severity")
 CODE = re.compile(r"^[A-Z]{2,5}\d{3}$")
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -68,6 +68,7 @@ class Rule:
     docs: dict[str, str]
     params: dict[str, Any]
     tags: tuple[str, ...]
+    security_severity: str | None
     source: str
     condition: Callable[..., Any] = field(repr=False, compare=False)
     message: Any = field(repr=False, compare=False)
@@ -78,6 +79,12 @@ class Rule:
     @property
     def subject(self) -> str:
         return SCOPES[self.scope]
+
+    def describe(self) -> dict[str, Any]:
+        """The rule as reports show it (plain data)."""
+        return {"code": self.code, "name": self.name, "severity": self.severity, "scope": self.scope,
+                "docs": dict(self.docs), "tags": list(self.tags), "params": dict(self.params),
+                "security_severity": self.security_severity}
 
 
 def load_rule_file(path: Path) -> Rule:
@@ -112,7 +119,8 @@ def load_rule_file(path: Path) -> Rule:
         code=data["code"], name=data["name"], severity=data["severity"], scope=data["scope"],
         condition_source=data["condition"], message_source=data["message"],
         docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params,
-        tags=tuple(data.get("tags", ())), source=where, condition=condition,
+        tags=tuple(data.get("tags", ())), security_severity=data.get("security_severity"),
+        source=where, condition=condition,
         message=_template(data["message"], where),
         evidence={k: _expression(v, where, f"evidence.{k}", used) for k, v in evidence.items()},
         severity_if=tuple(SeverityOverride(o["severity"], _expression(o["when"], where, "severity_if", used))

@@ -37,6 +37,7 @@ class Evaluator:
     def __init__(self, rules: Iterable[Rule], selection: Selection) -> None:
         self.selection = selection
         self.rules = selection.enabled(rules)
+        self._params = {rule.code: selection.params_of(rule) for rule in self.rules}
         self._by_scope: dict[str, list[Rule]] = defaultdict(list)
         for rule in self.rules:
             self._by_scope[rule.scope].append(rule)
@@ -51,7 +52,7 @@ class Evaluator:
 
     def evaluate(self, rule: Rule, subject: Any, file: str, key: str | None,
                  context: Mapping[str, Any]) -> Finding | None:
-        env = {**context, rule.subject: subject, "params": rule.params}
+        env = {**context, rule.subject: subject, "params": self._params[rule.code]}
         try:
             if not rule.condition(**env):
                 return None
@@ -61,8 +62,9 @@ class Evaluator:
         except (TemplateError, SecurityError, TypeError, ValueError, KeyError, AttributeError) as exc:
             raise RuleError(f"rule {rule.name} failed on {key or file}: {type(exc).__name__}: {exc}",
                             rule.source) from None
-        return Finding(rule.code, rule.name, self.selection.severity_of(rule, severity), file, key,
-                       message, evidence)
+        finding = Finding(rule.code, rule.name, self.selection.severity_of(rule, severity), file, key,
+                          message, evidence)
+        return finding if self.selection.keeps(finding) else None
 
     def run_scope(self, scope: str, subject: Any, file: str, key: str | None,
                   context: Mapping[str, Any]) -> list[Finding]:

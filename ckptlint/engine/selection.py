@@ -1,35 +1,55 @@
-"""Which rules run and how severe their findings are: decided here, and only here."""
+"""Which rules run, with which parameters, and which findings count: decided here, and only here."""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Iterable
+from fnmatch import fnmatchcase
+from typing import Any, Iterable
 
 from ckptlint.engine.rules import Rule
 from ckptlint.errors import ConfigError
-from ckptlint.model import SEVERITIES
+from ckptlint.fingerprint import fingerprint
+from ckptlint.model import SEVERITIES, Finding
+
+
+def _unknown(ident: str, known: Iterable[str], what: str) -> ConfigError:
+    close = difflib.get_close_matches(ident, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown {what} {ident!r}{hint}")
 
 
 @dataclass(frozen=True)
 class Selection:
-    """``select``/``ignore`` take rule names or codes; ``severity`` overrides by name or code."""
+    """Rule choice and finding decisions. Rules are named by name or code everywhere.
+
+    ``select``/``ignore``: which rules run. ``severity``: overrides per rule. ``params``: rule
+    parameters per rule. ``per_key_ignores``: key glob -> rules whose findings on matching keys
+    are dropped. ``baseline``: fingerprints of accepted findings (suppressed, not dropped).
+    """
 
     select: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     severity: dict[str, str] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_key_ignores: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    baseline: frozenset[str] = frozenset()
 
     def enabled(self, rules: Iterable[Rule]) -> list[Rule]:
         rules = list(rules)
-        known = {ident for rule in rules for ident in (rule.name, rule.code)}
-        for ident in (*self.select, *self.ignore, *self.severity):
-            if ident not in known:
-                close = difflib.get_close_matches(ident, sorted(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"unknown rule {ident!r}{hint}")
+        by_ident = {ident: rule for rule in rules for ident in (rule.name, rule.code)}
+        named = [*self.select, *self.ignore, *self.severity, *self.params,
+                 *(r for names in self.per_key_ignores.values() for r in names)]
+        for ident in named:
+            if ident not in by_ident:
+                raise _unknown(ident, by_ident, "rule")
         for ident, level in self.severity.items():
             if level not in SEVERITIES:
                 raise ConfigError(f"severity for {ident!r} must be one of {', '.join(SEVERITIES)}")
+        for ident, values in self.params.items():
+            for param in values:
+                if param not in by_ident[ident].params:
+                    raise _unknown(param, by_ident[ident].params, f"parameter of {ident}")
 
         def chosen(rule: Rule) -> bool:
             picked = not self.select or rule.name in self.select or rule.code in self.select
@@ -37,5 +57,24 @@ class Selection:
 
         return [rule for rule in rules if chosen(rule)]
 
+    def _for(self, table: dict[str, Any], rule: Rule) -> Any:
+        return table.get(rule.name, table.get(rule.code))
+
     def severity_of(self, rule: Rule, declared: str) -> str:
-        return self.severity.get(rule.name, self.severity.get(rule.code, declared))
+        return self._for(self.severity, rule) or declared
+
+    def params_of(self, rule: Rule) -> dict[str, Any]:
+        return {**rule.params, **(self._for(self.params, rule) or {})}
+
+    def split_baseline(self, findings: list[Finding], root: str) -> tuple[list[Finding], list[Finding]]:
+        """(active, suppressed): findings whose fingerprint the baseline holds are suppressed."""
+        active, suppressed = [], []
+        for finding in findings:
+            (suppressed if fingerprint(finding, root) in self.baseline else active).append(finding)
+        return active, suppressed
+
+    def keeps(self, finding: Finding) -> bool:
+        """False when a per-key ignore covers the finding."""
+        key = finding.key or ""
+        return not any(fnmatchcase(key, glob) and (finding.name in rules or finding.code in rules)
+                       for glob, rules in self.per_key_ignores.items())

@@ -19,6 +19,7 @@ def report_data(report: Report) -> dict[str, Any]:
         "files": [asdict(f) for f in report.files],
         "findings": [asdict(f) for f in report.findings],
         "errors": [asdict(e) for e in report.errors],
+        "suppressed": [asdict(f) for f in report.suppressed],
         **({"pairs": [asdict(p) for p in report.pairs], "transfer": report.transfer}
            if report.transfer is not None else {}),
     }

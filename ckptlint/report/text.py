@@ -39,7 +39,8 @@ def render_text(report: Report) -> str:
     tally = ", ".join(f"{counts[s]} {s}{'s' if counts[s] != 1 and s != 'info' else ''}" for s in reversed(SEVERITIES))
     checked = len(report.files) + len(report.errors)
     unreadable = f", {len(report.errors)} unreadable" if report.errors else ""
-    lines.append(f"{tally} in {checked} file{'s' if checked != 1 else ''}{unreadable}.")
+    baseline = f" ({len(report.suppressed)} more accepted in the baseline)" if report.suppressed else ""
+    lines.append(f"{tally} in {checked} file{'s' if checked != 1 else ''}{unreadable}.{baseline}")
     return "\n".join(lines) + "\n"
 
 

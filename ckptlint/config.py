@@ -1,0 +1,139 @@
+"""Configuration: ``[tool.ckptlint]`` in pyproject.toml or a ckptlint.toml, merged with the
+command line (which wins) into one or more jobs: the paths and the Options to check them with.
+
+Found by walking up from the first checked file, then from the current directory. Paths in the
+file are relative to its folder; ``[[targets]]`` give per-glob settings, such as the pretrained
+checkpoint for ``models/detr_*.pt``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Sequence
+
+from ckptlint._toml import tomllib
+from ckptlint.api import Options
+from ckptlint.baseline import load_baseline
+from ckptlint.engine.selection import Selection
+from ckptlint.errors import ConfigError
+from ckptlint.facts.transfer import TransferOptions
+from ckptlint.model import SEVERITIES
+
+# Settings a target glob may override, and the ones only the top level takes.
+PER_TARGET = {"pretrained", "pretrained-key", "key", "scope", "maps", "expect", "preset", "max-drift"}
+TOP_LEVEL = PER_TARGET | {"select", "ignore", "fail-on", "baseline", "severity", "params",
+                          "per-key-ignores", "targets"}
+PATH_SETTINGS = ("pretrained", "baseline")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A configuration file's settings and the folder its relative paths start from."""
+
+    path: str
+    folder: Path
+    settings: dict[str, Any]
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str, path: str) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown setting {key!r} in {where}{hint}", path)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot parse ({exc})", str(path)) from None
+    if path.name == "pyproject.toml":
+        return data.get("tool", {}).get("ckptlint")
+    return data
+
+
+def load_config(paths: Sequence[str], explicit: str | None = None) -> Config | None:
+    """The configuration for a run: ``explicit`` if given, else the nearest one found."""
+    if explicit:
+        settings = _read(Path(explicit))
+        return _validated(Config(explicit, Path(explicit).resolve().parent, settings or {}))
+    starts = [Path(paths[0]).resolve().parent] if paths else []
+    for start in [*starts, Path.cwd()]:
+        for folder in (start, *start.parents):
+            for name in ("ckptlint.toml", "pyproject.toml"):
+                candidate = folder / name
+                if candidate.is_file():
+                    settings = _read(candidate)
+                    if settings is not None:
+                        return _validated(Config(str(candidate), folder, settings))
+    return None
+
+
+def _validated(config: Config) -> Config:
+    where = "[tool.ckptlint]" if config.path.endswith("pyproject.toml") else "the top level"
+    _check_keys(config.settings, TOP_LEVEL, where, config.path)
+    for index, target in enumerate(config.settings.get("targets", [])):
+        if not isinstance(target, dict) or "glob" not in target:
+            raise ConfigError(f"targets[{index}] needs a glob", config.path)
+        _check_keys(target, PER_TARGET | {"glob"}, f"targets[{index}]", config.path)
+    fail_on = config.settings.get("fail-on")
+    if fail_on is not None and fail_on not in (*SEVERITIES, "never"):
+        raise ConfigError(f"fail-on must be one of {', '.join(SEVERITIES)}, never", config.path)
+    return config
+
+
+def _absolute(settings: dict[str, Any], folder: Path) -> dict[str, Any]:
+    return {k: (str(folder / v) if k in PATH_SETTINGS and isinstance(v, str) else v) for k, v in settings.items()}
+
+
+def _target_settings(path: str, config: Config) -> dict[str, Any]:
+    relative = os.path.relpath(Path(path).resolve(), config.folder).replace(os.sep, "/")
+    for target in config.settings.get("targets", []):
+        if fnmatchcase(relative, target["glob"]) or fnmatchcase(path, target["glob"]):
+            return _absolute({k: v for k, v in target.items() if k != "glob"}, config.folder)
+    return {}
+
+
+def resolve_jobs(paths: Sequence[str], cli: dict[str, Any], config: Config | None,
+                 hash_files: bool = True) -> list[tuple[list[str], Options]]:
+    """Group ``paths`` by their effective settings (file, then its target glob, then the command
+    line) and build the Options of each group."""
+    base = _absolute({k: v for k, v in config.settings.items() if k != "targets"}, config.folder) if config else {}
+    jobs: dict[str, tuple[list[str], Options]] = {}
+    for path in paths:
+        settings = {**base, **(_target_settings(path, config) if config else {}), **cli}
+        options = _options(settings, hash_files, config.path if config else None)
+        jobs.setdefault(repr(options), ([], options))[0].append(path)
+    return list(jobs.values())
+
+
+def _maps(value: Any, source: str | None) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):
+        return tuple((str(k), str(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (tuple, list)) and len(v) == 2 for v in value):
+        return tuple((str(a), str(b)) for a, b in value)
+    raise ConfigError("maps must be a table of OLD = NEW prefixes", source)
+
+
+def _options(settings: dict[str, Any], hash_files: bool, source: str | None) -> Options:
+    baseline = settings.get("baseline")
+    selection = Selection(
+        select=tuple(settings.get("select", ())),
+        ignore=tuple(settings.get("ignore", ())),
+        severity=dict(settings.get("severity", {})),
+        params={k: dict(v) for k, v in settings.get("params", {}).items()},
+        per_key_ignores={k: tuple(v) for k, v in settings.get("per-key-ignores", {}).items()},
+        baseline=load_baseline(baseline) if baseline else frozenset(),
+    )
+    transfer = TransferOptions(
+        expect=settings.get("expect", "copied"), preset=settings.get("preset"), scope=settings.get("scope"),
+        maps=_maps(settings.get("maps", ()), source), max_drift=float(settings.get("max-drift", 0.25)),
+    )
+    return Options(selection=selection, fail_on=settings.get("fail-on", "error"), key=settings.get("key"),
+                   hash_files=hash_files, pretrained=settings.get("pretrained"),
+                   pretrained_key=settings.get("pretrained-key"), transfer=transfer)

@@ -1,0 +1,33 @@
+"""Stable identities for findings (for baselines and SARIF), independent of where the repo lives."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+
+from ckptlint.model import Finding
+
+
+def find_source_root(start: str | os.PathLike[str] = ".") -> str:
+    """The enclosing git work tree (a folder holding ``.git``), or ``start`` itself."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists():
+            return str(folder)
+    return str(here)
+
+
+def relative_path(path: str, root: str) -> str:
+    """``path`` relative to ``root`` with forward slashes, or absolute when outside it."""
+    absolute = Path(path).resolve()
+    try:
+        return PurePosixPath(absolute.relative_to(Path(root).resolve())).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
+def fingerprint(finding: Finding, root: str) -> str:
+    """Rule, file (relative to the source root) and key: what a finding is about, not its numbers."""
+    text = "\0".join((finding.code, relative_path(finding.file, root), finding.key or ""))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

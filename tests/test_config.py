@@ -1,0 +1,100 @@
+"""Configuration files: discovery, per-target pretrained files, overrides, unknown keys."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import CASES, FIXTURES
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A repository with models/ (DETR checkpoints) and weights/ (the pretrained ResNet)."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "weights").mkdir()
+    shutil.copy(CASES / "transfer-selective" / "detr.pth", tmp_path / "models" / "detr_selective.pth")
+    shutil.copy(CASES / "non-finite" / "model.pt", tmp_path / "models" / "other.pt")
+    shutil.copy(FIXTURES / "models" / "resnet50_tiny.pth", tmp_path / "weights" / "resnet50.pth")
+    return tmp_path
+
+
+def _names(report: dict) -> set[str]:
+    return {f["name"] for f in report["findings"]}
+
+
+def test_pyproject_targets_give_each_glob_its_pretrained_file(project: Path, run) -> None:
+    (project / "pyproject.toml").write_text('''
+[project]
+name = "demo"
+
+[tool.ckptlint]
+fail-on = "warning"
+
+[[tool.ckptlint.targets]]
+glob = "models/detr_*.pth"
+pretrained = "weights/resnet50.pth"
+preset = "detr"
+''')
+    sub = project / "models"
+    result = run("check", "detr_selective.pth", "other.pt", "--format", "json", "--no-hash", cwd=sub)
+    report = result.json
+    assert "not-transferred" in _names(report) and "non-finite" in _names(report)
+    roles = {f["path"]: f["role"] for f in report["files"]}
+    assert roles[str(project / "weights" / "resnet50.pth")] == "pretrained"
+    pairs_files = {p["file"] for p in report["pairs"]}
+    assert pairs_files == {"detr_selective.pth"}  # other.pt matched no target glob: no transfer check
+    assert report["transfer"]["by_stage"]["layer4"]["score"] == 0.0
+
+
+def test_ckptlint_toml_settings_and_cli_override(project: Path, run) -> None:
+    (project / "ckptlint.toml").write_text('''
+ignore = ["default-bn-stats"]
+pretrained = "weights/resnet50.pth"
+fail-on = "never"
+
+[severity]
+not-transferred = "warning"
+
+[per-key-ignores]
+"backbone.0.body.layer4.0.*" = ["not-transferred"]
+
+[params.precision-loss]
+warn_rel_error = 0.5
+''')
+    target = str(project / "models" / "detr_selective.pth")
+    report = run("check", target, "--format", "json", "--no-hash", cwd=project)
+    assert report.code == 0  # fail-on never
+    findings = report.json["findings"]
+    assert "default-bn-stats" not in _names(report.json)
+    assert {f["severity"] for f in findings if f["name"] == "not-transferred"} == {"warning"}
+    assert not [f for f in findings if f["key"].startswith("backbone.0.body.layer4.0.")]
+    overridden = run("check", target, "--fail-on", "warning", "--ignore", "unused-pretrained-key", "--no-hash",
+                     cwd=project)
+    assert overridden.code == 1
+    assert "default-bn-stats" in overridden.out  # --ignore on the command line replaces the file's list
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('[tool.ckptlint]\nselct = ["non-finite"]\n', "unknown setting 'selct' in [tool.ckptlint] (did you mean 'select'?)"),
+    ('[tool.ckptlint]\nfail-on = "sometimes"\n', "fail-on must be one of"),
+    ('[[tool.ckptlint.targets]]\npretrained = "x.pt"\n', "targets[0] needs a glob"),
+    ('[[tool.ckptlint.targets]]\nglob = "*.pt"\npretrianed = "x.pt"\n', "did you mean 'pretrained'"),
+    ('[tool.ckptlint.params.non-finite]\nthreshold = 3\n', "unknown parameter of non-finite 'threshold'"),
+    ('[tool.ckptlint.severity]\nnon-finte = "info"\n', "did you mean 'non-finite'"),
+    ('[tool.ckptlint\n', "cannot parse"),
+])
+def test_bad_configuration_is_one_line_exit_2(project: Path, run, text: str, problem: str) -> None:
+    (project / "pyproject.toml").write_text(text)
+    result = run("check", str(project / "models" / "other.pt"), cwd=project)
+    assert result.code == 2
+    assert problem in result.err and result.err.count("\n") == 1
+
+
+def test_explicit_config_file(project: Path, run, tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.toml"
+    config.write_text('select = ["unsafe-pickle"]\n')
+    result = run("check", str(project / "models" / "other.pt"), "--config", str(config), "--format", "json")
+    assert result.code == 0 and result.json["findings"] == []

@@ -20,6 +20,9 @@ from ckptlint.io.open import open_checkpoint
 from ckptlint.model import Finding, FileSummary, PairRecord, ReadError, Report
 
 
+MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
+
+
 @dataclass(frozen=True)
 class Options:
     """Everything that shapes a run; the CLI and configuration fill it in."""
@@ -98,6 +101,9 @@ class _Job:
         if transfer is not None:
             self.report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
                                              p.summary()) for p in transfer.judged]
+            for pair in transfer.judged:
+                if pair["histogram"] and len(self.report.histograms) < MAX_HISTOGRAMS:
+                    self.report.histograms[(path, pair["target"])] = pair["histogram"]
             self.score_entries += transfer.score_entries()
 
 

@@ -75,6 +75,7 @@ class Report:
     transfer: dict[str, Any] | None = None  # score, by_stage, by_module; with --pretrained only
     suppressed: list[Finding] = field(default_factory=list)  # accepted in a baseline
     rules: list[dict[str, Any]] = field(default_factory=list)  # the enabled rules, described
+    histograms: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)  # (file, key)
     fail_on: str = "error"
     source_root: str = "."  # paths in SARIF and fingerprints are relative to it
 

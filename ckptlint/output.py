@@ -8,6 +8,12 @@ import tempfile
 from ckptlint.errors import ReportError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -17,6 +23,7 @@ def write_atomically(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a report is not
         os.replace(temporary, path)
     except BaseException as exc:
         os.unlink(temporary)

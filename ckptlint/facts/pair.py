@@ -14,11 +14,29 @@ from ckptlint.graph.align import Pair
 
 VERDICTS = ("copied", "cast", "modified", "resized", "reinitialized", "unrelated", "missing")
 COMPARISON = ("bit_equal equal_after_cast max_abs_error rel_error cosine std_ratio verdict init "
-              "within_drift shape_cause shape_cause_kind")
+              "within_drift shape_cause shape_cause_kind histogram")
+HISTOGRAM_VERDICTS = ("reinitialized", "modified", "unrelated")
+HISTOGRAM_BINS = 24
 STAGE = re.compile(r"^(?:(conv1|bn1)\.|(layer\d+)\.)")
 # What an init must look like for a differing tensor to count as re-initialised.
 INIT_STD_TOLERANCE = 0.1
 MODIFIED_MIN_COSINE = 0.5
+
+
+def _histograms(target: np.ndarray, pretrained: np.ndarray) -> dict[str, list[float]] | None:
+    """Both sides' value histograms over one shared range, for the HTML report."""
+    t = target.astype(np.float64).reshape(-1)
+    p = pretrained.astype(np.float64).reshape(-1)
+    t, p = t[np.isfinite(t)], p[np.isfinite(p)]
+    if not t.size or not p.size:
+        return None
+    low, high = min(t.min(), p.min()), max(t.max(), p.max())
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    return {"edges": [float(e) for e in edges],
+            "target": [int(c) for c in np.histogram(t, edges)[0]],
+            "pretrained": [int(c) for c in np.histogram(p, edges)[0]]}
 
 
 def stage_of(canonical: str) -> str:
@@ -71,6 +89,8 @@ class PairFacts(LazyFacts):
                 t_values, p_values, tuple(self["target_shape"]), tuple(self["pretrained_shape"]))
         facts["within_drift"] = facts["verdict"] in ("copied", "cast") or (
             facts["verdict"] == "modified" and facts["rel_error"] <= self["max_drift"])
+        if facts["verdict"] in HISTOGRAM_VERDICTS:
+            facts["histogram"] = _histograms(t_values, p_values)
         self._cache.update(facts)
 
     def _verdict(self, facts: dict[str, Any], t_values: np.ndarray) -> tuple[str, str | None]:

@@ -18,6 +18,7 @@ from ckptlint.fingerprint import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.open import open_checkpoint
 from ckptlint.model import Finding, FileSummary, PairRecord, ReadError, Report
+from ckptlint.progress import NoProgress, Progress
 
 
 MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
@@ -54,9 +55,10 @@ def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str) -> 
 class _Job:
     """One group of paths checked with the same options, adding to a shared report."""
 
-    def __init__(self, options: Options, report: Report) -> None:
+    def __init__(self, options: Options, report: Report, progress: Progress) -> None:
         self.options = options
         self.report = report
+        self.progress = progress
         self.evaluator = Evaluator(_rules(options.rule_folders), options.selection)
         self.findings: list[Finding] = []
         self.score_entries: list[Any] = []
@@ -94,7 +96,7 @@ class _Job:
         try:
             transfer = (TransferContext(checkpoint, pretrained, self.options.transfer, self.evaluator.wanted)
                         if pretrained else None)
-            self.findings += check_checkpoint(self.evaluator, checkpoint, path, transfer)
+            self.findings += check_checkpoint(self.evaluator, checkpoint, path, transfer, self.progress)
         except CheckpointError as exc:  # a tensor's bytes turned out unreadable
             self.report.errors.append(ReadError(exc.path or path, exc.message))
             return
@@ -107,14 +109,16 @@ class _Job:
             self.score_entries += transfer.score_entries()
 
 
-def run_jobs(jobs: Sequence[tuple[Sequence[str], Options]], source_root: str | None = None) -> Report:
+def run_jobs(jobs: Sequence[tuple[Sequence[str], Options]], source_root: str | None = None,
+             progress: Progress | None = None) -> Report:
     """Check each group of paths with its options; one report for all of them."""
+    progress = progress or NoProgress()
     report = Report(fail_on=jobs[0][1].fail_on if jobs else "error",
                     source_root=source_root or find_source_root())
     entries: list[Any] = []
     with_pretrained = False
     for paths, options in jobs:
-        job = _Job(options, report)
+        job = _Job(options, report, progress)
         job.run(paths)
         active, suppressed = options.selection.split_baseline(job.findings, report.source_root)
         report.findings += active
@@ -123,6 +127,7 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str], Options]], source_root: str | N
         known = {rule["code"] for rule in report.rules}
         report.rules += [rule.describe() for rule in job.evaluator.rules if rule.code not in known]
         with_pretrained = with_pretrained or bool(options.pretrained)
+    progress.finish()
     if with_pretrained:
         report.transfer = transfer_summary(entries)
     report.sort()

@@ -21,6 +21,7 @@ from ckptlint.graph import GRAPH_FORMATS, build_module_graph
 from ckptlint.io.open import open_checkpoint
 from ckptlint.model import SEVERITIES
 from ckptlint.output import write_atomically
+from ckptlint.progress import Progress
 from ckptlint.report import RENDERERS, render_step_summary
 
 EXIT_USAGE = 2
@@ -91,7 +92,7 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     if "maps" in settings:
         settings["maps"] = _maps(settings["maps"])
     jobs = resolve_jobs(paths, settings, load_config(paths, config_path), hash_files=not no_hash)
-    report = run_jobs(jobs)
+    report = run_jobs(jobs, progress=Progress(sys.stderr))
     _emit(RENDERERS[fmt](report), output)
     if write_baseline:
         write_atomically(write_baseline, render_baseline(report.findings + report.suppressed, report.source_root))

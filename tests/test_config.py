@@ -78,7 +78,8 @@ warn_rel_error = 0.5
 
 
 @pytest.mark.parametrize("text, problem", [
-    ('[tool.ckptlint]\nselct = ["non-finite"]\n', "unknown setting 'selct' in [tool.ckptlint] (did you mean 'select'?)"),
+    ('[tool.ckptlint]\nselct = ["non-finite"]\n',
+     "unknown setting 'selct' in [tool.ckptlint] (did you mean 'select'?)"),
     ('[tool.ckptlint]\nfail-on = "sometimes"\n', "fail-on must be one of"),
     ('[[tool.ckptlint.targets]]\npretrained = "x.pt"\n', "targets[0] needs a glob"),
     ('[[tool.ckptlint.targets]]\nglob = "*.pt"\npretrianed = "x.pt"\n', "did you mean 'pretrained'"),

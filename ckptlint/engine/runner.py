@@ -18,6 +18,7 @@ from ckptlint.facts.transfer import TransferContext
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.unpickler import PickleGlobal
 from ckptlint.model import Finding
+from ckptlint.progress import NoProgress, Progress
 
 
 def plain(value: Any) -> Any:
@@ -82,7 +83,7 @@ def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: 
 
 
 def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str,
-                     transfer: TransferContext | None = None) -> list[Finding]:
+                     transfer: TransferContext | None = None, progress: Progress | None = None) -> list[Finding]:
     """Every enabled rule on ``checkpoint`` (and, with ``transfer``, on its pairs with the
     pretrained checkpoint); findings name the file ``label``."""
     facts = CheckpointFacts(checkpoint, evaluator.wanted)
@@ -93,7 +94,10 @@ def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str,
     if not (needs_values or transfer):
         return findings
     groups = facts.module_groups(transfer.tensor_extra, transfer.module_extra) if transfer else facts.module_groups()
+    progress = progress or NoProgress()
+    progress.start(label, len(checkpoint.tensors))
     for module, tensors in groups:
+        progress.advance(len(tensors))
         for key, tensor in tensors.items():
             if transfer is not None:
                 findings += _transfer_findings(evaluator, transfer, key, tensor, label, context)

@@ -10,7 +10,8 @@ from ckptlint.report.sarif import render_sarif
 from ckptlint.report.text import render_text
 
 RENDERERS: dict[str, Callable[[Report], str]] = {
-    "text": render_text, "json": render_json, "sarif": render_sarif, "github": render_github, "html": render_html,
+    "text": render_text, "json": render_json, "sarif": render_sarif, "github": render_github,
+    "html": render_html,
 }
 
 __all__ = ["RENDERERS", "render_github", "render_html", "render_json", "render_sarif", "render_step_summary", "render_text"]

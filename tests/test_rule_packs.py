@@ -1,0 +1,77 @@
+"""Third-party rule packs, installed for real, load through the entry-point group."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import CASES
+
+PACK_RULE = '''
+code = "ACME001"
+name = "acme-huge-tensor"
+severity = "warning"
+scope = "tensor"
+condition = "tensor.numel > params.max_numel"
+message = "{{ tensor.numel }} elements, more than the {{ params.max_numel }} the ACME runtime takes."
+[params]
+max_numel = 1000
+[evidence]
+numel = "tensor.numel"
+[docs]
+what = "Finds tensors larger than the ACME inference runtime supports."
+why = "The ACME runtime allocates fixed-size buffers; bigger tensors fail at deployment."
+example = "A 2048x1000 classifier weight in a model meant for ACME."
+fix = "Prune or factorise the layer before export."
+'''
+
+
+def _install_pack(tmp_path: Path, name: str, entry_point: str, with_rules: bool = True) -> Path:
+    source = tmp_path / f"src-{name}"
+    package = source / name.replace("-", "_")
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    if with_rules:
+        (package / "acme.toml").write_text(PACK_RULE)
+    (source / "pyproject.toml").write_text(f'''
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+[project]
+name = "{name}"
+version = "1.0"
+[project.entry-points."ckptlint.rules"]
+acme = "{entry_point}"
+[tool.setuptools.package-data]
+"*" = ["*.toml"]
+''')
+    site = tmp_path / f"site-{name}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(source)], check=True, capture_output=True)
+    return site
+
+
+def _ckptlint(site: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "ckptlint", *args], capture_output=True, text=True, env=env)
+
+
+def test_installed_pack_rules_load_and_fire(tmp_path: Path) -> None:
+    site = _install_pack(tmp_path, "acme-ckptlint-rules", "acme_ckptlint_rules")
+    assert "ACME001  acme-huge-tensor" in _ckptlint(site, "rules").stdout
+    torch.save({"big": torch.ones(2000), "small": torch.ones(10)}, tmp_path / "m.pt")
+    result = _ckptlint(site, "check", str(tmp_path / "m.pt"), "--select", "acme-huge-tensor")
+    assert result.returncode == 0 and "big: 2000 elements" in result.stdout and "small" not in result.stdout
+    assert "acme-huge-tensor" in _ckptlint(site, "explain", "ACME001").stdout
+
+
+def test_broken_pack_is_reported_with_its_package_name(tmp_path: Path) -> None:
+    site = _install_pack(tmp_path, "broken-pack", "no_such_module_anywhere", with_rules=False)
+    result = _ckptlint(site, "check", str(CASES / "non-finite" / "model.pt"))
+    assert result.returncode == 2
+    assert "rule pack 'broken-pack'" in result.stderr and "failed to load" in result.stderr
+    assert result.stderr.count("\n") == 1

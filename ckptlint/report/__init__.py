@@ -14,4 +14,5 @@ RENDERERS: dict[str, Callable[[Report], str]] = {
     "html": render_html,
 }
 
-__all__ = ["RENDERERS", "render_github", "render_html", "render_json", "render_sarif", "render_step_summary", "render_text"]
+__all__ = ["RENDERERS", "render_github", "render_html", "render_json", "render_sarif", "render_step_summary",
+           "render_text"]

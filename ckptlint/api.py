@@ -43,11 +43,14 @@ def _rules(folders: tuple[Path, ...]) -> list[Rule]:
     return load_all_rules(folders)
 
 
-def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str) -> FileSummary:
+def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str, progress: Progress) -> FileSummary:
+    digest = None
+    if options.hash_files:
+        progress.start(f"{path} (hashing)", checkpoint.total_bytes)
+        digest = checkpoint.sha256(progress.advance)
     return FileSummary(
         path=path, format=checkpoint.format, layout=checkpoint.layout, tensors=len(checkpoint.tensors),
-        parameters=checkpoint.parameter_count, bytes=checkpoint.total_bytes,
-        sha256=checkpoint.sha256() if options.hash_files else None,
+        parameters=checkpoint.parameter_count, bytes=checkpoint.total_bytes, sha256=digest,
         stripped_prefix=checkpoint.stripped_prefix, role=role,
     )
 
@@ -82,7 +85,8 @@ class _Job:
                     return
                 stack.enter_context(pretrained)
                 if options.pretrained not in {f.path for f in self.report.files if f.role == "pretrained"}:
-                    self.report.files.append(_summary(options.pretrained, pretrained, options, "pretrained"))
+                    self.report.files.append(_summary(options.pretrained, pretrained, options, "pretrained",
+                                                      self.progress))
                     self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals,
                                                           options.pretrained, {"path": options.pretrained})
             for path in paths:
@@ -92,7 +96,7 @@ class _Job:
                         self._check(path, checkpoint, pretrained)
 
     def _check(self, path: str, checkpoint: Checkpoint, pretrained: Checkpoint | None) -> None:
-        self.report.files.append(_summary(path, checkpoint, self.options, "target"))
+        self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
         try:
             transfer = (TransferContext(checkpoint, pretrained, self.options.transfer, self.evaluator.wanted)
                         if pretrained else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -127,14 +127,17 @@ class Checkpoint:
             self._handles[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
         return self._handles[path]
 
-    def sha256(self) -> str:
-        """SHA-256 of the checkpoint's bytes (its files in order, for a sharded one)."""
+    def sha256(self, on_chunk: Callable[[int], None] | None = None) -> str:
+        """SHA-256 of the checkpoint's bytes (its files in order, for a sharded one);
+        ``on_chunk`` hears how many bytes each step hashed (for a progress bar)."""
         if self._sha256 is None:
             digest = hashlib.sha256()
             for info in self.files:
                 with open(info.path, "rb") as handle:
                     while chunk := handle.read(1 << 22):
                         digest.update(chunk)
+                        if on_chunk:
+                            on_chunk(len(chunk))
             self._sha256 = digest.hexdigest()
         return self._sha256
 

@@ -12,7 +12,7 @@ import torch
 from conftest import CASES, REPO
 from test_cases import CASE_DIRS, load_case
 
-SCHEMA = json.loads((REPO.parent / "shared" / "schemas" / "sarif-schema-2.1.0.json").read_text())
+SCHEMA = json.loads((REPO / "tests" / "schemas" / "sarif-schema-2.1.0.json").read_text())
 VALIDATOR = jsonschema.Draft4Validator(SCHEMA)
 
 

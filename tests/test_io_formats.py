@@ -207,3 +207,15 @@ def test_key_selects_a_prefix_in_safetensors(tmp_path: Path) -> None:
     with open_checkpoint(str(tmp_path / "m.safetensors"), key_path="ema") as checkpoint:
         assert list(checkpoint.tensors) == ["a"]
         assert checkpoint.read("a").tolist() == [0.0, 0.0]
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path: Path) -> None:
+    """A header length's first byte can be 0x80, the pickle PROTO opcode."""
+    for pad in range(0, 64):  # grow a key until the header's length ends in the byte 0x80
+        arrays = {"a": np.ones(1, dtype=np.float32), "b" * (0x100 + pad): np.ones(1, dtype=np.float32)}
+        safetensors.numpy.save_file(arrays, tmp_path / "m.safetensors")
+        if (tmp_path / "m.safetensors").read_bytes()[0] == 0x80:
+            break
+    assert (tmp_path / "m.safetensors").read_bytes()[0] == 0x80
+    with open_checkpoint(str(tmp_path / "m.safetensors")) as checkpoint:
+        assert checkpoint.format == "safetensors" and len(checkpoint.tensors) == 2

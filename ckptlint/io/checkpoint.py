@@ -14,6 +14,11 @@ from ckptlint.io.dtypes import DType, widen
 from ckptlint.io.unpickler import PickleGlobal
 
 
+# A strided view (stride 0 broadcasts) may repeat its storage; a hostile one would repeat a few
+# bytes into terabytes. Views larger than this many times their bytes (and 256 MiB) are refused.
+MAX_VIEW_EXPANSION = 64
+
+
 @dataclass(frozen=True)
 class TensorRef:
     """Where a tensor's elements lie: a storage at a byte offset of a file, viewed with strides."""
@@ -47,6 +52,17 @@ class TensorRef:
             out.append(step)
             step *= max(n, 1)
         return tuple(reversed(out))
+
+    def is_contiguous(self) -> bool:
+        """Row-major without gaps (dimensions of size 1 may have any stride)."""
+        if self.stride is None or self.numel <= 1:
+            return True
+        step = 1
+        for n, s in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if n != 1 and s != step:
+                return False
+            step *= n
+        return True
 
     def element_span(self) -> tuple[int, int]:
         """First and one-past-last storage element the tensor touches (0, 0 when empty)."""
@@ -113,11 +129,13 @@ class Checkpoint:
         if len(data) != count * ref.dtype.itemsize:
             raise CheckpointError(f"tensor {key!r} lies past the end of the file", ref.file)
         flat = np.frombuffer(data, dtype=raw_type)
-        itemsize = flat.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat, shape=ref.shape, strides=tuple(s * itemsize for s in ref.strides), writeable=False
-        ) if ref.numel else flat[:0].reshape(ref.shape)
-        values = view.copy(order="C")
+        if ref.is_contiguous():
+            values = flat.reshape(ref.shape)  # the bytes are already ours: no copy needed
+        else:
+            if ref.nbytes > max(MAX_VIEW_EXPANSION * len(data), 1 << 28):
+                raise CheckpointError(f"tensor {key!r} views {len(data)} bytes as {ref.nbytes}: refused", ref.file)
+            strides = tuple(s * flat.itemsize for s in ref.strides)
+            values = np.lib.stride_tricks.as_strided(flat, shape=ref.shape, strides=strides).copy(order="C")
         if ref.big_endian:
             values = values.astype(raw_type.newbyteorder("<"))
         return widen(values, ref.dtype)

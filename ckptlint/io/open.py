@@ -62,12 +62,14 @@ def _open_file(path: str, key_path: str | None) -> Checkpoint:
         raise LfsPointerError("a Git LFS pointer, not the weights: run `git lfs pull`", path)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return read_torch_zip(path, key_path, size)
+    if _looks_like_safetensors(head, size):  # before pickles: a header length may start with 0x80
+        return _flat(read_safetensors(path, size), key_path)
     if head.startswith(b"\x80"):
         return read_torch_legacy(path, key_path, size)
     if path.endswith(".json"):
         return _open_index(path, key_path, size)
     if len(head) >= 9 and head[8:9] == b"{":
-        return _flat(read_safetensors(path, size), key_path)
+        return _flat(read_safetensors(path, size), key_path)  # reports what is wrong with the header
     for magic, name in OTHER_FORMATS:
         if magic in head[:8] or head[257:262] == magic:
             raise CheckpointError(f"not a checkpoint: looks like {name}", path)
@@ -83,6 +85,10 @@ def _flat(checkpoint: Checkpoint, key_path: str | None) -> Checkpoint:
     if key_path:
         checkpoint.layout = f"prefix:{key_path}"
     return checkpoint
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
 
 
 def _looks_like_text(head: bytes) -> bool:

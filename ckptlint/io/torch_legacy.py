@@ -49,6 +49,7 @@ def _read(stream: BinaryIO, path: str, key_path: str | None, size: int, seen: li
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CheckpointError("pickle 5 is not a list of storage keys")
     locations = _storage_records(stream, keys, storages, size)
+    _read_rest_for_globals(stream, seen, first=6)  # nothing belongs after the storages
     return build_checkpoint(path, "torch-legacy", root, key_path, lambda key, _: _located(locations, key),
                             seen, size, big_endian)
 
@@ -77,9 +78,9 @@ def _located(locations: dict[str, tuple[int, int]], key: str) -> tuple[int, int]
     return locations[key]
 
 
-def _read_rest_for_globals(stream: BinaryIO, seen: list[PickleGlobal]) -> None:
-    """A plain pickle (not torch's) may carry more pickles after the first: scan them too."""
-    for index in range(2, 6):
+def _read_rest_for_globals(stream: BinaryIO, seen: list[PickleGlobal], first: int = 2) -> None:
+    """Scan any pickles that follow (after a plain pickle, or appended after the storages)."""
+    for index in range(first, first + 8):
         if stream.read(1) != b"\x80":
             return
         stream.seek(-1, 1)

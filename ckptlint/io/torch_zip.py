@@ -32,18 +32,18 @@ def read_torch_zip(path: str, key_path: str | None, size: int) -> Checkpoint:
         try:
             big_endian = _read_entry(archive, entries.get(prefix + "byteorder"), 16).strip() == b"big"
             root = unpickle_entry(archive, entries[main], seen)
-            used: set[str] = set()
+            used = [entries[main]]
 
             def locate(storage_key: str, itemsize: int) -> tuple[int, int]:
-                name = f"{prefix}data/{storage_key}"
-                used.add(name)
-                return _storage_location(raw, entries.get(name), storage_key, itemsize, size)
+                info = entries.get(f"{prefix}data/{storage_key}")
+                used.append(info)
+                return _storage_location(raw, info, storage_key, itemsize, size)
 
             checkpoint = build_checkpoint(path, "torch-zip", root, key_path, locate, seen, size, big_endian)
-            _scan_other_pickles(archive, entries, {main} | used, prefix, seen)
+            _scan_other_pickles(archive, used, prefix, seen)
             return checkpoint
         except CheckpointError as exc:
-            _scan_other_pickles(archive, entries, {main}, prefix, seen)
+            _scan_other_pickles(archive, [entries[main]], prefix, seen)
             raise CheckpointError(exc.message, path, pickle_globals=seen) from None
 
 
@@ -95,11 +95,14 @@ def _storage_location(raw: BinaryIO, info: zipfile.ZipInfo | None, key: str, ite
     return start, info.file_size // itemsize
 
 
-def _scan_other_pickles(archive: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo], skip: set[str],
-                        prefix: str, seen: list[PickleGlobal]) -> None:
-    """Record the globals of any other pickle in the archive: a payload can hide there."""
-    for name, info in entries.items():
-        if name in skip or name[len(prefix):] in METADATA_ENTRIES or info.file_size < 2:
+def _scan_other_pickles(archive: zipfile.ZipFile, read: list[zipfile.ZipInfo | None], prefix: str,
+                        seen: list[PickleGlobal]) -> None:
+    """Record the globals of every other pickle in the archive — under any name, and every one of
+    several entries with the same name (a loader may take a different one than we did)."""
+    done = {id(info) for info in read}
+    for info in archive.infolist():
+        name = info.filename
+        if id(info) in done or name[len(prefix):] in METADATA_ENTRIES or info.file_size < 2:
             continue
         try:
             with archive.open(info) as entry:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 CHUNK = 1 << 22  # elements converted to float64 at a time
+TINY = 64  # below this many elements plain Python beats numpy's per-call overhead
 
 
-def summarize(values: np.ndarray) -> dict[str, float | int | bool | None]:
+def summarize(values: np.ndarray) -> dict[str, Any]:
     """Moments and extremes of the finite values, and counts of the non-finite ones."""
     flat = values.reshape(-1)
     if np.iscomplexobj(flat):
         flat = np.abs(flat)
+    if flat.size <= TINY:
+        return _summary(*_tiny_moments([float(v) for v in flat.tolist()]))
     is_float = np.issubdtype(flat.dtype, np.floating)
     nan = posinf = neginf = zeros = 0
     total = 0.0
-    lo, hi = np.inf, -np.inf
+    lo, hi = math.inf, -math.inf
     for start in range(0, flat.size, CHUNK):
         chunk = flat[start:start + CHUNK].astype(np.float64)
         if is_float:
@@ -35,17 +41,33 @@ def summarize(values: np.ndarray) -> dict[str, float | int | bool | None]:
     if count:
         for start in range(0, flat.size, CHUNK):
             chunk = flat[start:start + CHUNK].astype(np.float64)
-            chunk = chunk[np.isfinite(chunk)] - mean if is_float else chunk - mean
-            sq = chunk * chunk
-            m2 += float(sq.sum())
-            m4 += float((sq * sq).sum())
+            centred = (chunk[np.isfinite(chunk)] if is_float else chunk) - mean
+            squared = centred * centred
+            m2 += float(squared.sum())
+            m4 += float((squared * squared).sum())
+    return _summary(count, mean, lo, hi, m2, m4, zeros, nan, posinf, neginf)
+
+
+def _tiny_moments(xs: list[float]) -> tuple[Any, ...]:
+    nan = sum(1 for x in xs if x != x)
+    posinf = sum(1 for x in xs if x == math.inf)
+    neginf = sum(1 for x in xs if x == -math.inf)
+    finite = [x for x in xs if math.isfinite(x)]
+    if not finite:
+        return 0, None, math.inf, -math.inf, 0.0, 0.0, 0, nan, posinf, neginf
+    mean = math.fsum(finite) / len(finite)
+    squared = [(x - mean) ** 2 for x in finite]
+    return (len(finite), mean, min(finite), max(finite), math.fsum(squared), math.fsum(s * s for s in squared),
+            sum(1 for x in finite if x == 0), nan, posinf, neginf)
+
+
+def _summary(count: int, mean: float | None, lo: float, hi: float, m2: float, m4: float, zeros: int,
+             nan: int, posinf: int, neginf: int) -> dict[str, Any]:
     variance = m2 / count if count else None
-    std = variance ** 0.5 if variance is not None else None
-    kurtosis = (m4 / count) / variance**2 - 3.0 if variance else None
     return {
         "count": int(count),
         "mean": mean,
-        "std": std,
+        "std": variance ** 0.5 if variance is not None else None,
         "min": lo if count else None,
         "max": hi if count else None,
         "abs_max": max(abs(lo), abs(hi)) if count else None,
@@ -55,5 +77,5 @@ def summarize(values: np.ndarray) -> dict[str, float | int | bool | None]:
         "nonfinite_count": nan + posinf + neginf,
         "zero_fraction": zeros / count if count else None,
         "is_constant": bool(count) and lo == hi,
-        "kurtosis": kurtosis,
+        "kurtosis": (m4 / count) / variance**2 - 3.0 if variance else None,
     }

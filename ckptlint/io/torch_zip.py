@@ -12,7 +12,8 @@ from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.pickled import build_checkpoint
 from ckptlint.io.unpickler import PersistentLoad, PickleGlobal, storage_descriptor, unpickle
 
-MAX_PICKLE_BYTES = 1 << 30  # a state dict's pickle is small; a larger one is a bomb
+MAX_PICKLE_BYTES = 1 << 30  # a million tensors pickle to ~200 MB; more than this is not a state dict
+MAX_COMPRESSION_RATIO = 100  # torch stores entries uncompressed; a zip bomb expands a thousandfold
 METADATA_ENTRIES = {"byteorder", "version", ".format_version", ".storage_alignment",
                     ".data/serialization_id", ".data/version"}
 LOCAL_HEADER = struct.Struct("<4s22xHH")
@@ -59,6 +60,10 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None, limit: i
         return b""
     if info.file_size > limit:
         raise CheckpointError(f"zip entry {info.filename!r} claims {info.file_size} bytes")
+    expansion_limit = MAX_COMPRESSION_RATIO * max(info.compress_size, 1 << 14)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > expansion_limit:
+        raise CheckpointError(f"zip entry {info.filename!r} expands {info.compress_size} bytes to {info.file_size}: "
+                              "a zip bomb")
     try:
         with archive.open(info) as entry:
             data = entry.read(limit + 1)

@@ -1,3 +1,27 @@
-"""ckptlint: static analysis for deep-learning checkpoints."""
+"""ckptlint: static analysis for deep-learning checkpoints.
+
+``import ckptlint`` is cheap and never imports torch; ``lint`` and the report types load on
+first use.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["CheckpointError", "CkptlintError", "Finding", "Report", "__version__", "lint", "open_checkpoint"]
+
+_LAZY = {
+    "lint": "ckptlint.python_api",
+    "Report": "ckptlint.model",
+    "Finding": "ckptlint.model",
+    "open_checkpoint": "ckptlint.io.open",
+    "CkptlintError": "ckptlint.errors",
+    "CheckpointError": "ckptlint.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ckptlint' has no attribute {name!r}")

@@ -13,10 +13,12 @@ from ckptlint.engine.rules import Rule
 from ckptlint.engine.runner import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import CheckpointError
+from ckptlint.facts.model_check import ModelContext
 from ckptlint.facts.transfer import TransferContext, TransferOptions, transfer_summary
 from ckptlint.fingerprint import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.open import open_checkpoint
+from ckptlint.model_factory import load_model
 from ckptlint.model import Finding, FileSummary, PairRecord, ReadError, Report
 from ckptlint.progress import NoProgress, Progress
 
@@ -33,9 +35,10 @@ class Options:
     key: str | None = None
     hash_files: bool = True
     rule_folders: tuple[Path, ...] = ()
-    pretrained: str | None = None
+    pretrained: str | Checkpoint | None = None  # a path, or an in-memory checkpoint
     pretrained_key: str | None = None
     transfer: TransferOptions = field(default_factory=TransferOptions)
+    model: str | None = None  # package.module:factory building the model to load into
 
 
 @cache
@@ -45,7 +48,7 @@ def _rules(folders: tuple[Path, ...]) -> list[Rule]:
 
 def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str, progress: Progress) -> FileSummary:
     digest = None
-    if options.hash_files:
+    if options.hash_files and checkpoint.format != "memory":
         progress.start(f"{path} (hashing)", checkpoint.total_bytes)
         digest = checkpoint.sha256(progress.advance)
     return FileSummary(
@@ -66,8 +69,12 @@ class _Job:
         self.findings: list[Finding] = []
         self.score_entries: list[Any] = []
 
-    def open(self, path: str, key: str | None) -> Checkpoint | None:
-        """Open a checkpoint, or record why not (still judging any pickle globals it named)."""
+    def open(self, source: str | Checkpoint, key: str | None) -> Checkpoint | None:
+        """Open a checkpoint (or take an in-memory one), or record why not (still judging any
+        pickle globals it named)."""
+        if isinstance(source, Checkpoint):
+            return source
+        path = source
         try:
             return open_checkpoint(path, key)
         except CheckpointError as exc:
@@ -75,32 +82,35 @@ class _Job:
             self.findings += check_pickle_globals(self.evaluator, exc.pickle_globals, path, {"path": path})
             return None
 
-    def run(self, paths: Sequence[str]) -> None:
+    def run(self, sources: Sequence[str | Checkpoint]) -> None:
         options = self.options
         with ExitStack() as stack:
             pretrained = None
-            if options.pretrained:
+            if options.pretrained is not None:
                 pretrained = self.open(options.pretrained, options.pretrained_key)
                 if pretrained is None:
                     return
                 stack.enter_context(pretrained)
-                if options.pretrained not in {f.path for f in self.report.files if f.role == "pretrained"}:
-                    self.report.files.append(_summary(options.pretrained, pretrained, options, "pretrained",
+                if pretrained.path not in {f.path for f in self.report.files if f.role == "pretrained"}:
+                    self.report.files.append(_summary(pretrained.path, pretrained, options, "pretrained",
                                                       self.progress))
                     self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals,
-                                                          options.pretrained, {"path": options.pretrained})
-            for path in paths:
-                checkpoint = self.open(path, options.key)
+                                                          pretrained.path, {"path": pretrained.path})
+            model = stack.enter_context(load_model(options.model)) if options.model else None
+            for source in sources:
+                checkpoint = self.open(source, options.key)
                 if checkpoint is not None:
                     with checkpoint:
-                        self._check(path, checkpoint, pretrained)
+                        self._check(checkpoint.path, checkpoint, pretrained, model)
 
-    def _check(self, path: str, checkpoint: Checkpoint, pretrained: Checkpoint | None) -> None:
+    def _check(self, path: str, checkpoint: Checkpoint, pretrained: Checkpoint | None,
+               model: Checkpoint | None) -> None:
         self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
         try:
             transfer = (TransferContext(checkpoint, pretrained, self.options.transfer, self.evaluator.wanted)
                         if pretrained else None)
-            self.findings += check_checkpoint(self.evaluator, checkpoint, path, transfer, self.progress)
+            references = [r for r in (transfer, model and ModelContext(checkpoint, model, self.evaluator.wanted)) if r]
+            self.findings += check_checkpoint(self.evaluator, checkpoint, path, references, self.progress)
         except CheckpointError as exc:  # a tensor's bytes turned out unreadable
             self.report.errors.append(ReadError(exc.path or path, exc.message))
             return
@@ -113,7 +123,7 @@ class _Job:
             self.score_entries += transfer.score_entries()
 
 
-def run_jobs(jobs: Sequence[tuple[Sequence[str], Options]], source_root: str | None = None,
+def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_root: str | None = None,
              progress: Progress | None = None) -> Report:
     """Check each group of paths with its options; one report for all of them."""
     progress = progress or NoProgress()
@@ -130,7 +140,7 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str], Options]], source_root: str | N
         entries += job.score_entries
         known = {rule["code"] for rule in report.rules}
         report.rules += [rule.describe() for rule in job.evaluator.rules if rule.code not in known]
-        with_pretrained = with_pretrained or bool(options.pretrained)
+        with_pretrained = with_pretrained or options.pretrained is not None
     progress.finish()
     if with_pretrained:
         report.transfer = transfer_summary(entries)

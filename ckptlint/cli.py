@@ -80,6 +80,9 @@ def cli() -> None:
 @click.option("--preset", type=click.Choice(sorted(presets())), help="Scope and frozen tensors of a known model.")
 @click.option("--max-drift", type=click.FloatRange(0, None),
               help="With --expect finetuned: largest relative change of a trainable tensor (default 0.25).")
+@click.option("--model", metavar="MODULE:FACTORY",
+              help="Build the model with your own package.module:factory and report what load_state_dict "
+                   "would say (missing, unexpected keys, shape mismatches).")
 @click.option("--baseline", metavar="FILE", help="Suppress findings recorded in this baseline file.")
 @click.option("--write-baseline", metavar="FILE", help="Record every current finding in a baseline file.")
 def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, no_hash: bool,

@@ -24,7 +24,7 @@ from ckptlint.facts.transfer import TransferOptions
 from ckptlint.model import SEVERITIES
 
 # Settings a target glob may override, and the ones only the top level takes.
-PER_TARGET = {"pretrained", "pretrained-key", "key", "scope", "maps", "expect", "preset", "max-drift"}
+PER_TARGET = {"pretrained", "pretrained-key", "key", "scope", "maps", "expect", "preset", "max-drift", "model"}
 TOP_LEVEL = PER_TARGET | {"select", "ignore", "fail-on", "baseline", "severity", "params",
                           "per-key-ignores", "targets"}
 PATH_SETTINGS = ("pretrained", "baseline")
@@ -39,7 +39,7 @@ class Config:
     settings: dict[str, Any]
 
 
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str, path: str) -> None:
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str, path: str | None) -> None:
     for key in table:
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
@@ -107,7 +107,7 @@ def resolve_jobs(paths: Sequence[str], cli: dict[str, Any], config: Config | Non
     jobs: dict[str, tuple[list[str], Options]] = {}
     for path in paths:
         settings = {**base, **(_target_settings(path, config) if config else {}), **cli}
-        options = _options(settings, hash_files, config.path if config else None)
+        options = options_from_settings(settings, hash_files, config.path if config else None)
         jobs.setdefault(repr(options), ([], options))[0].append(path)
     return list(jobs.values())
 
@@ -120,7 +120,8 @@ def _maps(value: Any, source: str | None) -> tuple[tuple[str, str], ...]:
     raise ConfigError("maps must be a table of OLD = NEW prefixes", source)
 
 
-def _options(settings: dict[str, Any], hash_files: bool, source: str | None) -> Options:
+def options_from_settings(settings: dict[str, Any], hash_files: bool, source: str | None = None) -> Options:
+    """Options from settings named as in the configuration file (``fail-on``, ``max-drift``)."""
     baseline = settings.get("baseline")
     selection = Selection(
         select=tuple(settings.get("select", ())),
@@ -136,4 +137,4 @@ def _options(settings: dict[str, Any], hash_files: bool, source: str | None) -> 
     )
     return Options(selection=selection, fail_on=settings.get("fail-on", "error"), key=settings.get("key"),
                    hash_files=hash_files, pretrained=settings.get("pretrained"),
-                   pretrained_key=settings.get("pretrained-key"), transfer=transfer)
+                   pretrained_key=settings.get("pretrained-key"), transfer=transfer, model=settings.get("model"))

@@ -97,6 +97,12 @@ class Report:
     def ok(self) -> bool:
         return not self.failing and not self.errors
 
+    def render(self, fmt: str = "text") -> str:
+        """The report as ``text``, ``json``, ``sarif``, ``html`` or ``github``."""
+        from ckptlint.report import RENDERERS  # the reporters import this module
+
+        return RENDERERS[fmt](self)
+
     def exit_code(self) -> int:
         """2 when a file could not be read, 1 when findings reach ``fail_on``, else 0."""
         if self.errors:

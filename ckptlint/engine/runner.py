@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from jinja2.exceptions import SecurityError, TemplateError
 
@@ -14,7 +14,7 @@ from ckptlint.errors import RuleError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.security import distinct_global_facts
 from ckptlint.facts.tensor import TensorFacts
-from ckptlint.facts.transfer import TransferContext
+from ckptlint.facts.transfer import Reference
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.unpickler import PickleGlobal
 from ckptlint.model import Finding
@@ -83,40 +83,46 @@ def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: 
 
 
 def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str,
-                     transfer: TransferContext | None = None, progress: Progress | None = None) -> list[Finding]:
-    """Every enabled rule on ``checkpoint`` (and, with ``transfer``, on its pairs with the
-    pretrained checkpoint); findings name the file ``label``."""
+                     references: Sequence[Reference] = (), progress: Progress | None = None) -> list[Finding]:
+    """Every enabled rule on ``checkpoint``, and on its relation to each reference (a pretrained
+    checkpoint, the model's code); findings name the file ``label``."""
     facts = CheckpointFacts(checkpoint, evaluator.wanted)
     context = {"file": facts.file}
     findings = evaluator.run_scope("file", facts.file, label, None, context)
     findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, facts.file)
     needs_values = any(evaluator.scoped(s) for s in ("tensor", "module", "pair", "unmatched-target"))
-    if not (needs_values or transfer):
+    if not (needs_values or references):
         return findings
-    groups = facts.module_groups(transfer.tensor_extra, transfer.module_extra) if transfer else facts.module_groups()
+
+    def tensor_extra(key: str) -> dict[str, Any]:
+        return {k: v for reference in references for k, v in reference.tensor_extra(key).items()}
+
+    def module_extra(path: str, tensors: dict[str, str]) -> dict[str, Any]:
+        return {k: v for reference in references for k, v in reference.module_extra(path, tensors).items()}
+
     progress = progress or NoProgress()
     progress.start(label, len(checkpoint.tensors))
-    for module, tensors in groups:
+    for module, tensors in facts.module_groups(tensor_extra, module_extra):
         progress.advance(len(tensors))
         for key, tensor in tensors.items():
-            if transfer is not None:
-                findings += _transfer_findings(evaluator, transfer, key, tensor, label, context)
+            for reference in references:
+                findings += _reference_findings(evaluator, reference, key, tensor, label, context)
             findings += evaluator.run_scope("tensor", tensor, label, key, context)
         if tensors:
             findings += evaluator.run_scope("module", module, label, module["path"], context)
-    if transfer is not None:
-        for tensor in transfer.unused_facts():
+    for reference in references:
+        for tensor in reference.unused_facts():
             findings += evaluator.run_scope("unused-pretrained", tensor, label, tensor["key"], context)
     return findings
 
 
-def _transfer_findings(evaluator: Evaluator, transfer: TransferContext, key: str, tensor: TensorFacts,
-                       label: str, context: Mapping[str, Any]) -> list[Finding]:
-    pair = transfer.pair_facts(key, tensor)
+def _reference_findings(evaluator: Evaluator, reference: Reference, key: str, tensor: TensorFacts,
+                        label: str, context: Mapping[str, Any]) -> list[Finding]:
+    pair = reference.pair_facts(key, tensor)
     if pair is not None:
-        pair["verdict"]  # every pair is judged, for the report, whether or not a rule asks
         return evaluator.run_scope("pair", pair, label, key,
                                    {**context, "target": tensor, "pretrained": pair.pretrained_facts})
-    if transfer.is_unmatched(key):
-        return evaluator.run_scope("unmatched-target", tensor, label, key, context)
+    unmatched = reference.unmatched_facts(key, tensor)
+    if unmatched is not None:
+        return evaluator.run_scope("unmatched-target", unmatched, label, key, context)
     return []

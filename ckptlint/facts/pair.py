@@ -52,8 +52,9 @@ class PairFacts(LazyFacts):
 
     def __init__(self, pair: Pair, target: TensorFacts, pretrained: TensorFacts,
                  read_target: Callable[[str], np.ndarray], read_pretrained: Callable[[str], np.ndarray],
-                 expect: str, frozen: bool, max_drift: float) -> None:
+                 expect: str, frozen: bool, max_drift: float, reference: str = "pretrained") -> None:
         super().__init__({
+            "reference": reference,  # "pretrained" (a transfer) or "model" (the model's own code)
             "target": pair.target,
             "pretrained": pair.pretrained,
             "how": pair.how,

@@ -3,12 +3,12 @@ facts, what the target's modules and the unused pretrained tensors have to say, 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import ChainMap, defaultdict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import cache
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Protocol
 
 from ckptlint._toml import tomllib
 from ckptlint.errors import ConfigError
@@ -52,6 +52,21 @@ def is_head(canonical: str) -> bool:
     return any(fnmatchcase(canonical, pattern) for pattern in HEAD_PATTERNS)
 
 
+class Reference(Protocol):
+    """What the runner asks of a reference the target is judged against (a pretrained
+    checkpoint, or the model the user's code builds)."""
+
+    def tensor_extra(self, key: str) -> dict[str, Any]: ...
+
+    def module_extra(self, path: str, tensors: dict[str, str]) -> dict[str, Any]: ...
+
+    def pair_facts(self, key: str, target: TensorFacts) -> PairFacts | None: ...
+
+    def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None: ...
+
+    def unused_facts(self) -> Iterator[TensorFacts]: ...
+
+
 class TransferContext:
     """Everything the runner needs to judge a target against a pretrained checkpoint."""
 
@@ -77,18 +92,26 @@ class TransferContext:
         self.judged: list[PairFacts] = []
 
     def tensor_extra(self, key: str) -> dict[str, Any]:
-        return {"paired": key in self.by_target, "transfer_scope": self.alignment.scope,
-                "ambiguous_with": self.alignment.ambiguous.get(key, [])}
+        return {"paired": key in self.by_target}
 
     def pair_facts(self, key: str, target: TensorFacts) -> PairFacts | None:
+        """The pair's facts, judged now: the report's pairs and score need every verdict."""
         pair = self.by_target.get(key)
         if pair is None:
             return None
         frozen = any(fnmatchcase(pair.canonical, p) for p in self.frozen_patterns)
         facts = PairFacts(pair, target, self.pretrained_facts.tensor(pair.pretrained), self.target.read,
                           self.pretrained.read, self.options.expect, frozen, self.options.max_drift)
+        facts["verdict"]
         self.judged.append(facts)
         return facts
+
+    def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None:
+        """``tensor.*`` for a target tensor in the scope with no counterpart, or None."""
+        if key not in self.unmatched:
+            return None
+        return ChainMap({"reference": "pretrained", "transfer_scope": self.alignment.scope,
+                         "ambiguous_with": self.alignment.ambiguous.get(key, [])}, tensor)
 
     def module_extra(self, path: str, tensors: dict[str, str]) -> dict[str, Any]:
         """The pretrained module this target module came from, and whether it has statistics."""
@@ -104,10 +127,8 @@ class TransferContext:
         siblings (so rules can tell "this layer lost its statistics" from "this layer is gone")."""
         for key in self.alignment.unused_pretrained:
             module = split_key(key)[0]
-            yield self.pretrained_facts.tensor(key, extra={"counterpart_module": self._module_map.get(module)})
-
-    def is_unmatched(self, key: str) -> bool:
-        return key in self.unmatched
+            yield self.pretrained_facts.tensor(key, extra={"counterpart_module": self._module_map.get(module),
+                                                            "reference": "pretrained"})
 
     def score_entries(self) -> list[tuple[str, str | None, int, bool, str]]:
         """(stage, target module, parameters, faithfully carried, verdict) per pretrained tensor."""

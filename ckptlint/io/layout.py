@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.unpickler import PickledTensor
@@ -22,28 +22,34 @@ LIGHTNING_MARKERS = ("pytorch-lightning_version", "lightning_version", "hyper_pa
 SEARCH_DEPTH = 4
 
 
-def _tensors_in(obj: Any) -> dict[str, PickledTensor]:
-    if not isinstance(obj, Mapping):
-        return {}
-    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, PickledTensor)}
+def is_pickled_tensor(value: Any) -> bool:
+    return isinstance(value, PickledTensor)
 
 
-def find_state_dict(root: Any, key_path: str | None) -> tuple[str, dict[str, PickledTensor]]:
+def find_state_dict(root: Any, key_path: str | None,
+                    is_tensor: Callable[[Any], bool] = is_pickled_tensor) -> tuple[str, dict[str, Any]]:
     """Return the path to the state dict inside ``root`` ("" for a bare one) and its tensors.
 
     With ``key_path`` (dotted, ``--key``) the user chooses; otherwise the first well-known
     key that holds tensors wins, then the mapping with the most tensors (breadth-first, bounded
     depth, so a hostile deeply nested pickle costs nothing).
     """
+    def _tensors_in(obj: Any) -> dict[str, Any]:
+        if not isinstance(obj, Mapping):
+            return {}
+        return {k: v for k, v in obj.items() if isinstance(k, str) and is_tensor(v)}
+
     if key_path:
-        return key_path, _tensors_at(root, key_path)
+        if not (tensors := _tensors_in(_entry_at(root, key_path))):
+            raise CheckpointError(f"--key {key_path}: that entry holds no tensors")
+        return key_path, tensors
     if tensors := _tensors_in(root):
         return "", tensors
     if isinstance(root, Mapping):
         for name in STATE_DICT_KEYS:
             if tensors := _tensors_in(root.get(name)):
                 return name, tensors
-    best: tuple[str, dict[str, PickledTensor]] = ("", {})
+    best: tuple[str, dict[str, Any]] = ("", {})
     queue: deque[tuple[str, Any, int]] = deque([("", root, 0)])
     while queue:
         path, obj, depth = queue.popleft()
@@ -60,20 +66,18 @@ def find_state_dict(root: Any, key_path: str | None) -> tuple[str, dict[str, Pic
     return best
 
 
-def _tensors_at(root: Any, key_path: str) -> dict[str, PickledTensor]:
+def _entry_at(root: Any, key_path: str) -> Any:
     obj = root
     walked: list[str] = []
     for part in key_path.split("."):
         if not isinstance(obj, Mapping) or part not in obj:
-            choices = ", ".join(sorted(k for k in obj if isinstance(k, str))[:12]) if isinstance(obj, Mapping) else ""
+            names = sorted(k for k in obj if isinstance(k, str))[:12] if isinstance(obj, Mapping) else []
+            choices = ", ".join(names)
             where = ".".join(walked) or "the top level"
             raise CheckpointError(f"--key {key_path}: no entry {part!r} at {where} (entries: {choices or 'none'})")
         obj = obj[part]
         walked.append(part)
-    tensors = _tensors_in(obj)
-    if not tensors:
-        raise CheckpointError(f"--key {key_path}: that entry holds no tensors")
-    return tensors
+    return obj
 
 
 def is_lightning(root: Any) -> bool:

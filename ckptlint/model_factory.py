@@ -1,0 +1,33 @@
+"""Build the user's model from ``package.module:factory`` — their code, run because they asked."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from ckptlint.errors import ConfigError
+from ckptlint.io.memory import MemoryCheckpoint, memory_checkpoint
+
+
+def load_model(spec: str) -> MemoryCheckpoint:
+    """Import ``package.module``, call ``factory()`` with no arguments, take its state dict.
+
+    The current directory is importable, as with ``python -m``. Nothing from any checkpoint
+    file is involved: this is the code of the branch being checked.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"--model {spec}: expected package.module:factory")
+    sys.path.insert(0, os.getcwd())
+    try:
+        factory = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            factory = getattr(factory, part)
+        built = factory()
+    except Exception as exc:  # noqa: BLE001 - the user's code may fail any way; report it in one line
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"--model {spec}: {type(exc).__name__}: {detail}") from None
+    finally:
+        sys.path.remove(os.getcwd())
+    return memory_checkpoint(built, f"<model {spec}>")

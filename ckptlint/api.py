@@ -107,9 +107,8 @@ class _Job:
                model: Checkpoint | None) -> None:
         self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
         try:
-            transfer = (TransferContext(checkpoint, pretrained, self.options.transfer, self.evaluator.wanted)
-                        if pretrained else None)
-            references = [r for r in (transfer, model and ModelContext(checkpoint, model, self.evaluator.wanted)) if r]
+            transfer = TransferContext(checkpoint, pretrained, self.options.transfer) if pretrained else None
+            references = [r for r in (transfer, model and ModelContext(checkpoint, model)) if r]
             self.findings += check_checkpoint(self.evaluator, checkpoint, path, references, self.progress)
         except CheckpointError as exc:  # a tensor's bytes turned out unreadable
             self.report.errors.append(ReadError(exc.path or path, exc.message))

@@ -68,7 +68,8 @@ def cli() -> None:
               help="Exit 1 when a finding at or above this severity exists (default: error).")
 @click.option("--key", metavar="PATH",
               help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
-@click.option("--no-hash", is_flag=True, help="Do not compute the files' SHA-256 (saves reading every byte).")
+@click.option("--no-hash", is_flag=True,
+              help="JSON: do not compute the files' SHA-256 (saves reading every byte; other formats never do).")
 @click.option("--pretrained", metavar="FILE", help="The pretrained checkpoint the targets' weights should come from.")
 @click.option("--pretrained-key", metavar="PATH", help="--key for the pretrained checkpoint.")
 @click.option("--scope", metavar="MODULE", help="Target module that should come from the pretrained one "
@@ -94,7 +95,8 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
             settings[name] = _names(settings[name])
     if "maps" in settings:
         settings["maps"] = _maps(settings["maps"])
-    jobs = resolve_jobs(paths, settings, load_config(paths, config_path), hash_files=not no_hash)
+    # Only the JSON report shows the files' SHA-256, and hashing reads every byte.
+    jobs = resolve_jobs(paths, settings, load_config(paths, config_path), hash_files=fmt == "json" and not no_hash)
     report = run_jobs(jobs, progress=Progress(sys.stderr))
     _emit(RENDERERS[fmt](report), output)
     if write_baseline:

@@ -38,6 +38,7 @@ def _rule_dir(tmp_path: Path, condition: str) -> Path:
 
 @pytest.mark.parametrize("condition, problem", [
     ("file.format ==", "does not compile"),
+    ("1 }}{{ 2", "does not compile"),
     ("", "non-empty"),
 ])
 def test_broken_rule_files_name_the_file(tmp_path: Path, condition: str, problem: str) -> None:

@@ -1,4 +1,4 @@
-"""Tensor statistics agree with numpy's, on the small-array path and the chunked one alike."""
+"""Tensor statistics agree with numpy's, non-finite values excluded and counted."""
 
 from __future__ import annotations
 
@@ -8,25 +8,29 @@ import pytest
 from ckptlint.facts import stats
 
 
-@pytest.mark.parametrize("size", [1, 2, 7, stats.TINY, stats.TINY + 1, 5000])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.bool_])
-def test_summary_matches_numpy(size: int, dtype: type) -> None:
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 5000, stats.CHUNK + 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32, np.bool_])
+def test_statistics_match_numpy(size: int, dtype: type) -> None:
     values = (np.random.default_rng(size).standard_normal(size) * 3).astype(dtype)
     if np.issubdtype(dtype, np.floating) and size > 3:
         values[1], values[2], values[3] = np.nan, np.inf, -np.inf
-    summary = stats.summarize(values)
-    finite = values[np.isfinite(values)].astype(np.float64) if np.issubdtype(dtype, np.floating) \
-        else values.astype(np.float64)
+    summary = {**stats.finiteness(values), **stats.extremes(values), **stats.moments(values)}
+    finite = values[np.isfinite(values)] if np.issubdtype(dtype, np.floating) else values
+    finite = finite.astype(np.float64)
     assert summary["count"] == finite.size
     assert summary["nonfinite_count"] == values.size - finite.size
+    assert summary["nan_count"] == int(np.isnan(values.astype(np.float64)).sum())
     assert summary["mean"] == pytest.approx(finite.mean())
-    assert summary["std"] == pytest.approx(finite.std(), abs=1e-12)
+    assert summary["std"] == pytest.approx(finite.std(), rel=1e-9, abs=1e-12)
     assert (summary["min"], summary["max"]) == (finite.min(), finite.max())
     assert summary["zero_fraction"] == pytest.approx(np.count_nonzero(finite == 0) / finite.size)
     assert summary["is_constant"] == (finite.min() == finite.max())
 
 
 def test_all_nonfinite_and_empty() -> None:
-    assert stats.summarize(np.array([np.nan, np.inf], dtype=np.float32))["count"] == 0
-    empty = stats.summarize(np.zeros(0, dtype=np.float32))
-    assert (empty["count"], empty["mean"], empty["is_constant"]) == (0, None, False)
+    nothing_finite = np.array([np.nan, np.inf], dtype=np.float32)
+    assert stats.extremes(nothing_finite)["count"] == 0 and stats.moments(nothing_finite)["std"] is None
+    assert stats.finiteness(nothing_finite) == {"nan_count": 1, "posinf_count": 1, "neginf_count": 0,
+                                                "nonfinite_count": 2}
+    empty = np.zeros(0, dtype=np.float32)
+    assert stats.extremes(empty)["is_constant"] is False and stats.moments(empty)["mean"] is None

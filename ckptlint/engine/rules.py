@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ckptlint._toml import tomllib
@@ -58,7 +59,12 @@ class Expression:
     """
 
     def __init__(self, source: str) -> None:
-        self._template = ENVIRONMENT.from_string("{% set result = (" + source + ") %}")
+        parser = Parser(ENVIRONMENT, source, state="variable")
+        expression = parser.parse_expression()
+        if not parser.stream.eos:
+            raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno)
+        assign = nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)
+        self._template = ENVIRONMENT.from_string(nodes.Template([assign], lineno=1))
         self._context = self._template.new_context({}, shared=True)
 
     def __call__(self, **variables: Any) -> Any:
@@ -95,7 +101,6 @@ class Rule:
     message: Any = field(repr=False, compare=False)
     evidence: dict[str, Callable[..., Any]] = field(repr=False, compare=False)
     severity_if: tuple[SeverityOverride, ...] = field(repr=False, compare=False)
-    facts_used: frozenset[str] = field(repr=False, compare=False)  # "scope_var.fact" names
 
     @property
     def subject(self) -> str:
@@ -134,8 +139,7 @@ def load_rule_file(path: Path) -> Rule:
     _check(isinstance(overrides, list) and all(isinstance(o, dict) and o.get("severity") in SEVERITIES
                                                and isinstance(o.get("when"), str) for o in overrides),
            "severity_if entries need a severity and a `when` condition", where)
-    used: set[str] = set()
-    condition = _expression(data["condition"], where, "condition", used)
+    condition = _expression(data["condition"], where, "condition")
     return Rule(
         code=data["code"], name=data["name"], severity=data["severity"], scope=data["scope"],
         condition_source=data["condition"], message_source=data["message"],
@@ -143,10 +147,9 @@ def load_rule_file(path: Path) -> Rule:
         tags=tuple(data.get("tags", ())), security_severity=data.get("security_severity"),
         source=where, condition=condition,
         message=_template(data["message"], where),
-        evidence={k: _expression(v, where, f"evidence.{k}", used) for k, v in evidence.items()},
-        severity_if=tuple(SeverityOverride(o["severity"], _expression(o["when"], where, "severity_if", used))
+        evidence={k: _expression(v, where, f"evidence.{k}") for k, v in evidence.items()},
+        severity_if=tuple(SeverityOverride(o["severity"], _expression(o["when"], where, "severity_if"))
                           for o in overrides),
-        facts_used=frozenset(used | _attributes(_parse(data["message"], where, "message"))),
     )
 
 
@@ -155,10 +158,9 @@ def _check(ok: Any, problem: str, where: str) -> None:
         raise RuleError(problem, where)
 
 
-def _expression(source: Any, where: str, what: str, used: set[str]) -> Callable[..., Any]:
+def _expression(source: Any, where: str, what: str) -> Callable[..., Any]:
     if not isinstance(source, str) or not source.strip():
         raise RuleError(f"{what} must be a non-empty Jinja2 expression", where)
-    used |= _attributes(_parse("{{ " + source + " }}", where, what))
     try:
         return Expression(source)
     except TemplateSyntaxError as exc:
@@ -172,21 +174,3 @@ def _template(source: Any, where: str) -> Any:
         return ENVIRONMENT.from_string(source)
     except TemplateSyntaxError as exc:
         raise RuleError(f"message does not compile: {exc.message}", where) from None
-
-
-def _parse(source: str, where: str, what: str) -> nodes.Template:
-    try:
-        return ENVIRONMENT.parse(source)
-    except TemplateSyntaxError as exc:
-        raise RuleError(f"{what} does not compile: {exc.message}", where) from None
-
-
-def _attributes(tree: nodes.Node) -> set[str]:
-    """``name.attr`` pairs read in a template: the facts a rule needs, known before it runs."""
-    found = set()
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if isinstance(node.node, nodes.Name):
-            attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-            if isinstance(attr, str):
-                found.add(f"{node.node.name}.{attr}")
-    return found

@@ -46,11 +46,6 @@ class Evaluator:
     def scoped(self, scope: str) -> list[Rule]:
         return self._by_scope.get(scope, [])
 
-    @property
-    def wanted(self) -> frozenset[str]:
-        """Every ``subject.fact`` the enabled rules read."""
-        return frozenset().union(*(rule.facts_used for rule in self.rules))
-
     def evaluate(self, rule: Rule, subject: Any, file: str, key: str | None,
                  context: Mapping[str, Any]) -> Finding | None:
         env = {**context, rule.subject: subject, "params": self._params[rule.code]}
@@ -86,7 +81,7 @@ def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str,
                      references: Sequence[Reference] = (), progress: Progress | None = None) -> list[Finding]:
     """Every enabled rule on ``checkpoint``, and on its relation to each reference (a pretrained
     checkpoint, the model's code); findings name the file ``label``."""
-    facts = CheckpointFacts(checkpoint, evaluator.wanted)
+    facts = CheckpointFacts(checkpoint)
     context = {"file": facts.file}
     findings = evaluator.run_scope("file", facts.file, label, None, context)
     findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, facts.file)
@@ -110,9 +105,12 @@ def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str,
             findings += evaluator.run_scope("tensor", tensor, label, key, context)
         if tensors:
             findings += evaluator.run_scope("module", module, label, module["path"], context)
+        for tensor in tensors.values():
+            tensor.release()  # memory stays bounded by the largest module
     for reference in references:
         for tensor in reference.unused_facts():
             findings += evaluator.run_scope("unused-pretrained", tensor, label, tensor["key"], context)
+            tensor.release()
     return findings
 
 

@@ -13,18 +13,11 @@ from ckptlint.io.checkpoint import Checkpoint
 
 
 class CheckpointFacts:
-    """Builds facts on demand; ``wanted`` (``tensor.std``-style names) says which value facts the
-    enabled rules read, so one read of a tensor computes all of them and nothing else."""
+    """Builds facts on demand: per file at once, per module and tensor as the runner walks."""
 
-    def __init__(self, checkpoint: Checkpoint, wanted: frozenset[str] | None = None,
-                 subjects: tuple[str, ...] = ("tensor", "target")) -> None:
+    def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.graph = build_module_graph(checkpoint.tensors)
-        # The names under which rules see this checkpoint's tensors (``tensor``, and ``target``
-        # or ``pretrained`` beside a pair).
-        self._wanted = None if wanted is None else frozenset(
-            name.split(".", 1)[1] for name in wanted if name.split(".", 1)[0] in subjects
-        )
         self.file: dict[str, Any] = {
             "path": checkpoint.path,
             "format": checkpoint.format,
@@ -40,7 +33,7 @@ class CheckpointFacts:
         """Fresh facts for one tensor; callers keep them as long as they need them."""
         module, _ = split_key(key)
         return TensorFacts(self.checkpoint.tensors[key], self.graph.nodes[module]["kind"],
-                           self.checkpoint.read, self._wanted, extra)
+                           self.checkpoint.read, extra)
 
     def module_groups(self, tensor_extra: Callable[[str], dict[str, Any]] | None = None,
                       module_extra: Callable[[str, dict[str, str]], dict[str, Any]] | None = None,

@@ -9,6 +9,8 @@ import numpy as np
 
 from ckptlint.io.dtypes import DTYPES
 
+CHUNK = 1 << 22  # elements compared at a time: float64 copies of a chunk, not of the tensor
+
 # Significand bits of each float type, to tell a narrowing cast from a widening one.
 PRECISION = {"float64": 53, "float32": 24, "bfloat16": 8, "float16": 11, "float8_e4m3fn": 4,
              "float8_e4m3fnuz": 4, "float8_e5m2": 3, "float8_e5m2fnuz": 3, "float8_e8m0fnu": 1}
@@ -35,27 +37,49 @@ def round_to(values: np.ndarray, dtype: str) -> np.ndarray | None:
     return None  # float8 and integer casts are not modelled: such pairs count as modified
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-for-bit equality (so -0.0 is not 0.0 and NaNs must match), compared as integers."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize, np.uint8)
+    a, b = np.ascontiguousarray(a).view(unsigned), np.ascontiguousarray(b).view(unsigned)
+    return bool(np.array_equal(a, b))
+
+
 def compare(target: np.ndarray, pretrained: np.ndarray, target_dtype: str, pretrained_dtype: str) -> dict[str, Any]:
-    """Numbers for one pair of equal shape."""
-    t = target.astype(np.float64).reshape(-1)
-    p = pretrained.astype(np.float64).reshape(-1)
-    bit_equal = target_dtype == pretrained_dtype and np.array_equal(target, pretrained, equal_nan=True)
-    equal_after_cast = False
-    if not bit_equal and DTYPES[target_dtype].is_float and narrower(target_dtype, pretrained_dtype):
-        rounded = round_to(pretrained, target_dtype)
-        equal_after_cast = rounded is not None and np.array_equal(rounded.reshape(-1), target.reshape(-1),
-                                                                  equal_nan=True)
-    finite = np.isfinite(t) & np.isfinite(p)
-    t, p = t[finite], p[finite]
-    diff = np.abs(t - p)
-    p_norm, t_norm = float(np.linalg.norm(p)), float(np.linalg.norm(t))
-    t_std, p_std = (float(t.std()), float(p.std())) if t.size else (0.0, 0.0)
+    """Numbers for one pair of equal shape, in chunks so memory stays near the two arrays."""
+    t_flat, p_flat = target.reshape(-1), pretrained.reshape(-1)
+    if target_dtype == pretrained_dtype and _same_bits(t_flat, p_flat):  # usual; every number known already
+        return {"bit_equal": True, "equal_after_cast": False, "max_abs_error": 0.0, "rel_error": 0.0,
+                "cosine": 1.0, "std_ratio": 1.0}
+    equal_after_cast = (DTYPES[target_dtype].is_float and narrower(target_dtype, pretrained_dtype)
+                        and round_to(p_flat[:1], target_dtype) is not None)
+    sums = np.zeros(6)  # sum t, sum p, sum t^2, sum p^2, sum t*p, sum (t-p)^2
+    count, max_abs = 0, 0.0
+    for start in range(0, t_flat.size, CHUNK):
+        t = t_flat[start:start + CHUNK].astype(np.float64)
+        p = p_flat[start:start + CHUNK].astype(np.float64)
+        if equal_after_cast:
+            rounded = round_to(p_flat[start:start + CHUNK], target_dtype)
+            equal_after_cast = np.array_equal(rounded, t_flat[start:start + CHUNK], equal_nan=True)
+        finite = np.isfinite(t) & np.isfinite(p)
+        if not finite.all():
+            t, p = t[finite], p[finite]
+        diff = t - p
+        if diff.size:
+            max_abs = max(max_abs, float(np.abs(diff).max()))
+        sums += (t.sum(), p.sum(), t @ t, p @ p, t @ p, diff @ diff)
+        count += t.size
+    t_sum, p_sum, tt, pp, tp, dd = (float(v) for v in sums)
+    t_norm, p_norm = math.sqrt(tt), math.sqrt(pp)
+    t_std = math.sqrt(max(tt / count - (t_sum / count) ** 2, 0.0)) if count else 0.0
+    p_std = math.sqrt(max(pp / count - (p_sum / count) ** 2, 0.0)) if count else 0.0
     return {
-        "bit_equal": bool(bit_equal),
+        "bit_equal": False,
         "equal_after_cast": bool(equal_after_cast),
-        "max_abs_error": float(diff.max()) if diff.size else 0.0,
-        "rel_error": float(np.linalg.norm(t - p)) / p_norm if p_norm else (0.0 if not t_norm else math.inf),
-        "cosine": float(np.dot(t, p) / (t_norm * p_norm)) if t_norm and p_norm else (1.0 if t_norm == p_norm else 0.0),
+        "max_abs_error": max_abs,
+        "rel_error": math.sqrt(dd) / p_norm if p_norm else (0.0 if not t_norm else math.inf),
+        "cosine": tp / (t_norm * p_norm) if t_norm and p_norm else (1.0 if t_norm == p_norm else 0.0),
         "std_ratio": t_std / p_std if p_std else (1.0 if not t_std else math.inf),
     }
 

@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-SAMPLE = 65536  # evenly spaced elements; initialisation is i.i.d., so spacing loses nothing
+SAMPLE = 16384  # evenly spaced elements; initialisation is i.i.d., so spacing loses nothing
+PLAUSIBLE_STD_RATIO = (0.5, 2.0)  # candidates whose scale is further off are not tested at all
 KS_CRITICAL_COEFFICIENT = 1.949  # Kolmogorov distribution at alpha = 0.001
 
 
@@ -70,7 +71,8 @@ def sample(values: np.ndarray) -> np.ndarray:
 
 
 def fingerprint(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
-    """Every candidate init with its KS distance, critical distance and std ratio, best first."""
+    """Each candidate init of a plausible scale with its KS distance, critical distance and std
+    ratio, best first (empty when no init of this weight's fans has a similar spread)."""
     xs = sample(values)
     if xs.size < 2 or xs[0] == xs[-1]:
         return []
@@ -78,12 +80,13 @@ def fingerprint(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
     critical = KS_CRITICAL_COEFFICIENT / math.sqrt(xs.size)
     fits = []
     for name, family, scale in candidates(tuple(values.shape), kind):
+        expected_std = scale / math.sqrt(3) if family == "uniform" else scale
+        if not PLAUSIBLE_STD_RATIO[0] <= std / expected_std <= PLAUSIBLE_STD_RATIO[1]:
+            continue
         if family == "uniform":
             cdf = np.clip((xs + scale) / (2 * scale), 0.0, 1.0)
-            expected_std = scale / math.sqrt(3)
         else:
             cdf = _normal_cdf(xs / scale)
-            expected_std = scale
         fits.append({
             "name": name,
             "ks": round(_ks_distance(xs, cdf), 6),

@@ -19,9 +19,9 @@ from ckptlint.io.checkpoint import Checkpoint
 class ModelContext:
     """A Reference (see facts.transfer) built from the model's state dict."""
 
-    def __init__(self, target: Checkpoint, model: Checkpoint, wanted: frozenset[str] | None) -> None:
+    def __init__(self, target: Checkpoint, model: Checkpoint) -> None:
         self.target, self.model = target, model
-        self.model_facts = CheckpointFacts(model, wanted, subjects=("tensor", "pretrained"))
+        self.model_facts = CheckpointFacts(model)
         self.unexpected = set(target.tensors) - set(model.tensors)
 
     def tensor_extra(self, key: str) -> dict[str, Any]:
@@ -35,8 +35,8 @@ class ModelContext:
         ref = self.model.tensors.get(key)
         if ref is None or tuple(target["shape"]) == ref.shape:
             return None
-        return PairFacts(Pair(key, key, "model", key), target, self.model_facts.tensor(key), self.target.read,
-                         self.model.read, "copied", False, 0.0, reference="model")
+        return PairFacts(Pair(key, key, "model", key), target, self.model_facts.tensor(key), "copied", False, 0.0,
+                         reference="model")
 
     def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None:
         if key not in self.unexpected:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,9 +50,8 @@ def stage_of(canonical: str) -> str:
 class PairFacts(LazyFacts):
     """``pair.*`` in rules; ``target`` and ``pretrained`` are the two sides' tensor facts."""
 
-    def __init__(self, pair: Pair, target: TensorFacts, pretrained: TensorFacts,
-                 read_target: Callable[[str], np.ndarray], read_pretrained: Callable[[str], np.ndarray],
-                 expect: str, frozen: bool, max_drift: float, reference: str = "pretrained") -> None:
+    def __init__(self, pair: Pair, target: TensorFacts, pretrained: TensorFacts, expect: str, frozen: bool,
+                 max_drift: float, reference: str = "pretrained") -> None:
         super().__init__({
             "reference": reference,  # "pretrained" (a transfer) or "model" (the model's own code)
             "target": pair.target,
@@ -73,17 +72,13 @@ class PairFacts(LazyFacts):
             "numel": pretrained["numel"],
         })
         self.target_facts, self.pretrained_facts = target, pretrained
-        self._read_target, self._read_pretrained = read_target, read_pretrained
 
     def _compare(self) -> None:
-        t_values = self._read_target(self["target"])
-        p_values = self._read_pretrained(self["pretrained"])
-        self.target_facts.set_values(t_values, {"stats"})
-        self.pretrained_facts.set_values(p_values, {"stats"})
+        t_values, p_values = self.target_facts.values(), self.pretrained_facts.values()
         facts: dict[str, Any] = dict.fromkeys(COMPARISON.split())
         if self["shape_equal"]:
             facts.update(compare(t_values, p_values, self["target_dtype"], self["pretrained_dtype"]))
-            facts["verdict"], facts["init"] = self._verdict(facts, t_values)
+            facts["verdict"], facts["init"] = self._verdict(facts)
         else:
             facts["verdict"] = "resized"
             facts["shape_cause_kind"], facts["shape_cause"] = shape_cause(
@@ -92,9 +87,10 @@ class PairFacts(LazyFacts):
             facts["verdict"] == "modified" and facts["rel_error"] <= self["max_drift"])
         if facts["verdict"] in HISTOGRAM_VERDICTS:
             facts["histogram"] = _histograms(t_values, p_values)
+        self.pretrained_facts.release()  # the runner releases the target side with its module
         self._cache.update(facts)
 
-    def _verdict(self, facts: dict[str, Any], t_values: np.ndarray) -> tuple[str, str | None]:
+    def _verdict(self, facts: dict[str, Any]) -> tuple[str, str | None]:
         if facts["bit_equal"]:
             return "copied", None
         if facts["equal_after_cast"]:
@@ -104,14 +100,13 @@ class PairFacts(LazyFacts):
             return "reinitialized", f"constant {target['min']:g}"  # BatchNorm's 1/0 defaults
         if facts["cosine"] >= MODIFIED_MIN_COSINE:
             return "modified", None  # still correlated with the pretrained values: it moved
-        init = self._init_resembled(t_values)
+        init = self._init_resembled()
         return ("reinitialized", init) if init else ("unrelated", None)
 
-    def _init_resembled(self, t_values: np.ndarray) -> str | None:
+    def _init_resembled(self) -> str | None:
         target = self.target_facts
         if not target["is_float"] or target["ndim"] < 2:
             return None
-        target.set_values(t_values, {"init"})
         best = target["init_best"]
         if best and best["ks"] <= best["ks_critical"] and abs(best["std_ratio"] - 1) <= INIT_STD_TOLERANCE:
             return str(best["name"])

@@ -1,4 +1,9 @@
-"""Summary statistics of a tensor's values, in one pass over the array, bounded in memory."""
+"""Statistics of a tensor's values, in groups so a check pays only for what it reads.
+
+finiteness: NaN/Inf counts, one pass in the stored type. extremes: min, max, constant, one pass
+in the stored type. moments: mean, std, kurtosis, zero fraction, in float64 chunks (memory
+bounded by the chunk, not the tensor).
+"""
 
 from __future__ import annotations
 
@@ -8,74 +13,55 @@ from typing import Any
 import numpy as np
 
 CHUNK = 1 << 22  # elements converted to float64 at a time
-TINY = 64  # below this many elements plain Python beats numpy's per-call overhead
 
 
-def summarize(values: np.ndarray) -> dict[str, Any]:
-    """Moments and extremes of the finite values, and counts of the non-finite ones."""
+def _flat(values: np.ndarray) -> np.ndarray:
     flat = values.reshape(-1)
-    if np.iscomplexobj(flat):
-        flat = np.abs(flat)
-    if flat.size <= TINY:
-        return _summary(*_tiny_moments([float(v) for v in flat.tolist()]))
-    is_float = np.issubdtype(flat.dtype, np.floating)
-    nan = posinf = neginf = zeros = 0
-    total = 0.0
-    lo, hi = math.inf, -math.inf
-    for start in range(0, flat.size, CHUNK):
-        chunk = flat[start:start + CHUNK].astype(np.float64)
-        if is_float:
-            finite = np.isfinite(chunk)
-            if not finite.all():
-                nan += int(np.isnan(chunk).sum())
-                posinf += int(np.isposinf(chunk).sum())
-                neginf += int(np.isneginf(chunk).sum())
-                chunk = chunk[finite]
-        if chunk.size:
-            zeros += int(np.count_nonzero(chunk == 0))
-            total += float(chunk.sum())
-            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-    count = flat.size - nan - posinf - neginf
-    mean = total / count if count else None
+    return np.abs(flat) if np.iscomplexobj(flat) else flat
+
+
+def _finite(flat: np.ndarray) -> np.ndarray:
+    """The finite values (the array itself when all are, as is usual: no copy)."""
+    if not np.issubdtype(flat.dtype, np.floating) or np.isfinite(flat).all():
+        return flat
+    return flat[np.isfinite(flat)]
+
+
+def finiteness(values: np.ndarray) -> dict[str, int]:
+    """Counts of NaN and infinite values."""
+    flat = _flat(values)
+    if not np.issubdtype(flat.dtype, np.floating) or np.isfinite(flat).all():
+        return {"nan_count": 0, "posinf_count": 0, "neginf_count": 0, "nonfinite_count": 0}
+    nan, posinf, neginf = int(np.isnan(flat).sum()), int(np.isposinf(flat).sum()), int(np.isneginf(flat).sum())
+    return {"nan_count": nan, "posinf_count": posinf, "neginf_count": neginf, "nonfinite_count": nan + posinf + neginf}
+
+
+def extremes(values: np.ndarray) -> dict[str, Any]:
+    """Smallest and largest finite value, and whether they are all the same."""
+    finite = _finite(_flat(values))
+    if not finite.size:
+        return {"count": 0, "min": None, "max": None, "abs_max": None, "is_constant": False}
+    lo, hi = float(finite.min()), float(finite.max())
+    return {"count": int(finite.size), "min": lo, "max": hi, "abs_max": max(abs(lo), abs(hi)), "is_constant": lo == hi}
+
+
+def moments(values: np.ndarray) -> dict[str, Any]:
+    """Mean, standard deviation, excess kurtosis and share of zeros of the finite values."""
+    finite = _finite(_flat(values))
+    count = finite.size
+    if not count:
+        return {"mean": None, "std": None, "kurtosis": None, "zero_fraction": None}
+    total = math.fsum(float(finite[s:s + CHUNK].sum(dtype=np.float64)) for s in range(0, count, CHUNK))
+    mean = total / count
     m2 = m4 = 0.0
-    if count:
-        for start in range(0, flat.size, CHUNK):
-            chunk = flat[start:start + CHUNK].astype(np.float64)
-            centred = (chunk[np.isfinite(chunk)] if is_float else chunk) - mean
-            squared = centred * centred
-            m2 += float(squared.sum())
-            m4 += float((squared * squared).sum())
-    return _summary(count, mean, lo, hi, m2, m4, zeros, nan, posinf, neginf)
-
-
-def _tiny_moments(xs: list[float]) -> tuple[Any, ...]:
-    nan = sum(1 for x in xs if x != x)
-    posinf = sum(1 for x in xs if x == math.inf)
-    neginf = sum(1 for x in xs if x == -math.inf)
-    finite = [x for x in xs if math.isfinite(x)]
-    if not finite:
-        return 0, None, math.inf, -math.inf, 0.0, 0.0, 0, nan, posinf, neginf
-    mean = math.fsum(finite) / len(finite)
-    squared = [(x - mean) ** 2 for x in finite]
-    return (len(finite), mean, min(finite), max(finite), math.fsum(squared), math.fsum(s * s for s in squared),
-            sum(1 for x in finite if x == 0), nan, posinf, neginf)
-
-
-def _summary(count: int, mean: float | None, lo: float, hi: float, m2: float, m4: float, zeros: int,
-             nan: int, posinf: int, neginf: int) -> dict[str, Any]:
-    variance = m2 / count if count else None
-    return {
-        "count": int(count),
-        "mean": mean,
-        "std": variance ** 0.5 if variance is not None else None,
-        "min": lo if count else None,
-        "max": hi if count else None,
-        "abs_max": max(abs(lo), abs(hi)) if count else None,
-        "nan_count": nan,
-        "posinf_count": posinf,
-        "neginf_count": neginf,
-        "nonfinite_count": nan + posinf + neginf,
-        "zero_fraction": zeros / count if count else None,
-        "is_constant": bool(count) and lo == hi,
-        "kurtosis": (m4 / count) / variance**2 - 3.0 if variance else None,
-    }
+    zeros = 0
+    for start in range(0, count, CHUNK):
+        chunk = finite[start:start + CHUNK]
+        zeros += int(np.count_nonzero(chunk == 0))
+        centred = chunk.astype(np.float64) - mean
+        squared = centred * centred
+        m2 += float(squared.sum())
+        m4 += float(squared @ squared)
+    variance = m2 / count
+    return {"mean": mean, "std": math.sqrt(variance), "zero_fraction": zeros / count,
+            "kurtosis": (m4 / count) / variance**2 - 3.0 if variance else None}

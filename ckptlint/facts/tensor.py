@@ -8,22 +8,24 @@ import numpy as np
 
 from ckptlint.facts.init_fingerprint import fans, fingerprint
 from ckptlint.facts.lazy import LazyFacts, provides
-from ckptlint.facts.stats import summarize
+from ckptlint.facts.stats import extremes, finiteness, moments
 from ckptlint.graph.build import split_key
 from ckptlint.io.checkpoint import TensorRef
 
-STATS = ("count mean std min max abs_max nan_count posinf_count neginf_count nonfinite_count "
-         "zero_fraction is_constant kurtosis")
+# Value facts by group; a group is computed when a rule first reads one of its facts.
+FINITENESS = "nan_count posinf_count neginf_count nonfinite_count"
+EXTREMES = "count min max abs_max is_constant"
+MOMENTS = "mean std kurtosis zero_fraction"
 INIT = "init_fits init_best"
-# Value facts by the pass that computes them; one read of the tensor serves every pass wanted.
-VALUE_GROUPS = {"stats": STATS.split(), "init": INIT.split()}
 
 
 class TensorFacts(LazyFacts):
-    """``tensor.*`` in rules. Reading values happens once, for every value group wanted."""
+    """``tensor.*`` in rules. Values are read at most once and kept until ``release`` (the runner
+    releases a module's tensors when it is done with the module), so every value group a rule
+    asks for comes from one read, and groups no rule asks for are never computed."""
 
     def __init__(self, ref: TensorRef, module_kind: str, read: Callable[[str], np.ndarray],
-                 wanted: frozenset[str] | None = None, extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None) -> None:
         module, leaf = split_key(ref.key)
         fan_in, fan_out = fans(ref.shape)
         super().__init__({
@@ -45,23 +47,26 @@ class TensorFacts(LazyFacts):
             **(extra or {}),
         })
         self._read = read
-        self._wanted_groups = {g for g, names in VALUE_GROUPS.items() if wanted is None or wanted & set(names)}
+        self._values: np.ndarray | None = None
 
-    def _compute_values(self, group: str) -> None:
-        self.set_values(self._read(self["key"]), {group})
+    def values(self) -> np.ndarray:
+        """The tensor's values, read on first use."""
+        if self._values is None:
+            self._values = self._read(self["key"])
+        return self._values
 
-    def set_values(self, values: np.ndarray, groups: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        """Compute ``groups`` and every wanted group not yet known from ``values``, which the
-        caller read once (a pair comparison hands its arrays over this way)."""
-        for group in (self._wanted_groups | set(groups)) - self._known_groups():
-            self._cache.update(_GROUP_FUNCTIONS[group](values, self))
+    def release(self) -> None:
+        """Drop the values (memory); a later request reads them again."""
+        self._values = None
 
-    def _known_groups(self) -> set[str]:
-        return {group for group, names in VALUE_GROUPS.items() if self.computed(names[0])}
+    def _compute(self, group: str) -> None:
+        self._cache.update(_GROUP_FUNCTIONS[group](self.values(), self))
 
     providers = {
-        **provides(STATS, lambda self: self._compute_values("stats")),
-        **provides(INIT, lambda self: self._compute_values("init")),
+        **provides(FINITENESS, lambda self: self._compute("finiteness")),
+        **provides(EXTREMES, lambda self: self._compute("extremes")),
+        **provides(MOMENTS, lambda self: self._compute("moments")),
+        **provides(INIT, lambda self: self._compute("init")),
     }
 
 
@@ -72,6 +77,8 @@ def _init_facts(values: np.ndarray, facts: TensorFacts) -> dict[str, Any]:
 
 
 _GROUP_FUNCTIONS: dict[str, Callable[[np.ndarray, TensorFacts], dict[str, Any]]] = {
-    "stats": lambda values, _: summarize(values),
+    "finiteness": lambda values, _: finiteness(values),
+    "extremes": lambda values, _: extremes(values),
+    "moments": lambda values, _: moments(values),
     "init": _init_facts,
 }

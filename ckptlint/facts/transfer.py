@@ -70,8 +70,7 @@ class Reference(Protocol):
 class TransferContext:
     """Everything the runner needs to judge a target against a pretrained checkpoint."""
 
-    def __init__(self, target: Checkpoint, pretrained: Checkpoint, options: TransferOptions,
-                 wanted: frozenset[str] | None) -> None:
+    def __init__(self, target: Checkpoint, pretrained: Checkpoint, options: TransferOptions) -> None:
         if options.expect not in EXPECTATIONS:
             raise ConfigError(f"--expect must be one of {', '.join(EXPECTATIONS)}")
         chosen = preset(options.preset)
@@ -83,7 +82,7 @@ class TransferContext:
             read_target=lambda key: target.read(key).tobytes(),
             read_pretrained=lambda key: pretrained.read(key).tobytes(),
         )
-        self.pretrained_facts = CheckpointFacts(pretrained, wanted, subjects=("tensor", "pretrained"))
+        self.pretrained_facts = CheckpointFacts(pretrained)
         self.by_target = {pair.target: pair for pair in self.alignment.pairs}
         self.unmatched = set(self.alignment.unmatched_target)
         self._module_map: dict[str, str] = {}  # pretrained module -> target module
@@ -100,8 +99,8 @@ class TransferContext:
         if pair is None:
             return None
         frozen = any(fnmatchcase(pair.canonical, p) for p in self.frozen_patterns)
-        facts = PairFacts(pair, target, self.pretrained_facts.tensor(pair.pretrained), self.target.read,
-                          self.pretrained.read, self.options.expect, frozen, self.options.max_drift)
+        facts = PairFacts(pair, target, self.pretrained_facts.tensor(pair.pretrained), self.options.expect,
+                          frozen, self.options.max_drift)
         facts["verdict"]
         self.judged.append(facts)
         return facts

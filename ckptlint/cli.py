@@ -10,19 +10,15 @@ from typing import Any
 import click
 
 import ckptlint
-from ckptlint.api import run_jobs
-from ckptlint.baseline import render_baseline
-from ckptlint.config import load_config, resolve_jobs
-from ckptlint.engine.registry import load_all_rules
-from ckptlint.engine.selection import Selection
 from ckptlint.errors import CkptlintError
-from ckptlint.facts.transfer import EXPECTATIONS, presets
-from ckptlint.graph import GRAPH_FORMATS, build_module_graph
-from ckptlint.io.open import open_checkpoint
+from ckptlint.graph.export import FORMATS as GRAPH_FORMATS
 from ckptlint.model import SEVERITIES
 from ckptlint.output import write_atomically
-from ckptlint.progress import Progress
-from ckptlint.report import RENDERERS, render_step_summary
+from ckptlint.presets import EXPECTATIONS, presets
+from ckptlint.report import FORMATS, renderer
+
+# The commands import the library inside their bodies: `ckptlint --version` and `ckptlint rules`
+# must stay quick, and numpy/networkx are only needed to read checkpoints.
 
 EXIT_USAGE = 2
 
@@ -58,7 +54,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="text", show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write the report here (atomically) instead of stdout.")
 @click.option("--config", "config_path", metavar="FILE",
               help="Configuration file to use (default: the nearest pyproject.toml [tool.ckptlint] or ckptlint.toml).")
@@ -89,6 +85,12 @@ def cli() -> None:
 def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, no_hash: bool,
           write_baseline: str | None, **given: Any) -> int:
     """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
+    from ckptlint.api import run_jobs
+    from ckptlint.baseline import render_baseline
+    from ckptlint.config import load_config, resolve_jobs
+    from ckptlint.progress import Progress
+    from ckptlint.report.github import render_step_summary
+
     settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
     for name in ("select", "ignore"):
         if name in settings:
@@ -98,7 +100,7 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     # Only the JSON report shows the files' SHA-256, and hashing reads every byte.
     jobs = resolve_jobs(paths, settings, load_config(paths, config_path), hash_files=fmt == "json" and not no_hash)
     report = run_jobs(jobs, progress=Progress(sys.stderr))
-    _emit(RENDERERS[fmt](report), output)
+    _emit(renderer(fmt)(report), output)
     if write_baseline:
         write_atomically(write_baseline, render_baseline(report.findings + report.suppressed, report.source_root))
     if fmt == "github" and os.environ.get("GITHUB_STEP_SUMMARY"):
@@ -112,6 +114,8 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
 @cli.command("rules")
 def list_rules() -> int:
     """List every rule with its code, default severity and scope."""
+    from ckptlint.engine.registry import load_all_rules
+
     for rule in load_all_rules():
         summary = textwrap.shorten(rule.docs["what"], 90)
         click.echo(f"{rule.code}  {rule.name:<24} {rule.severity:<8} {rule.scope:<18} {summary}")
@@ -122,6 +126,9 @@ def list_rules() -> int:
 @click.argument("name")
 def explain(name: str) -> int:
     """Print one rule's documentation (by name or code)."""
+    from ckptlint.engine.registry import load_all_rules
+    from ckptlint.engine.selection import Selection
+
     rules = {ident: rule for rule in load_all_rules() for ident in (rule.name, rule.code)}
     if name not in rules:
         Selection(select=(name,)).enabled(rules.values())  # raises with a did-you-mean hint
@@ -144,6 +151,9 @@ def explain(name: str) -> int:
 @click.option("--key", metavar="PATH")
 def graph(path: str, fmt: str, output: str | None, key: str | None) -> int:
     """Write the module graph of a checkpoint (no tensor bytes are read)."""
+    from ckptlint.graph.build import build_module_graph
+    from ckptlint.io.open import open_checkpoint
+
     with open_checkpoint(path, key) as checkpoint:
         _emit(GRAPH_FORMATS[fmt](build_module_graph(checkpoint.tensors)), output)
     return 0

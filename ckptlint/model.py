@@ -99,9 +99,9 @@ class Report:
 
     def render(self, fmt: str = "text") -> str:
         """The report as ``text``, ``json``, ``sarif``, ``html`` or ``github``."""
-        from ckptlint.report import RENDERERS  # the reporters import this module
+        from ckptlint.report import renderer  # the reporters import this module
 
-        return RENDERERS[fmt](self)
+        return renderer(fmt)(self)
 
     def exit_code(self) -> int:
         """2 when a file could not be read, 1 when findings reach ``fail_on``, else 0."""

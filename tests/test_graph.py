@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 import networkx as nx
 import torch
 
-from ckptlint.graph import GRAPH_FORMATS, build_module_graph
+from ckptlint.graph.build import build_module_graph
+from ckptlint.graph.export import FORMATS as GRAPH_FORMATS
 from ckptlint.io import open_checkpoint
 from conftest import CASES
 

@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -51,7 +51,8 @@ ENVIRONMENT = make_environment()
 
 
 class Expression:
-    """A Jinja2 expression compiled once in the sandbox, evaluated with one reused context.
+    """A Jinja2 expression parsed at load time, compiled in the sandbox on first use (most
+    evidence expressions never run), and evaluated with one reused context.
 
     ``Environment.compile_expression`` builds a fresh Context per call (about 10 us); with a
     million tensors and several rules that was most of a run. This does what it does — a
@@ -63,17 +64,33 @@ class Expression:
         expression = parser.parse_expression()
         if not parser.stream.eos:
             raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno)
-        assign = nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)
-        self._template = ENVIRONMENT.from_string(nodes.Template([assign], lineno=1))
-        self._context = self._template.new_context({}, shared=True)
+        self._tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)], lineno=1)
+        self._template: Template | None = None
 
     def __call__(self, **variables: Any) -> Any:
+        if self._template is None:
+            self._template = ENVIRONMENT.from_string(self._tree)
+            self._context = self._template.new_context({}, shared=True)
         context = self._context
         context.parent = variables
         context.vars.clear()
         for _ in self._template.root_render_func(context):
             pass
         return context.vars["result"]
+
+
+class MessageTemplate:
+    """A message template parsed at load time and compiled when a finding first needs it."""
+
+    def __init__(self, source: str) -> None:
+        ENVIRONMENT.parse(source)  # a syntax error surfaces now, naming the rule file
+        self._source = source
+        self._template: Template | None = None
+
+    def render(self, **variables: Any) -> str:
+        if self._template is None:
+            self._template = ENVIRONMENT.from_string(self._source)
+        return self._template.render(**variables)
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,6 @@ def _template(source: Any, where: str) -> Any:
     if not isinstance(source, str) or not source.strip():
         raise RuleError("message must be a non-empty Jinja2 template", where)
     try:
-        return ENVIRONMENT.from_string(source)
+        return MessageTemplate(source)
     except TemplateSyntaxError as exc:
         raise RuleError(f"message does not compile: {exc.message}", where) from None

@@ -6,11 +6,8 @@ from __future__ import annotations
 from collections import ChainMap, defaultdict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from functools import cache
-from importlib import resources
 from typing import Any, Iterator, Mapping, Protocol
 
-from ckptlint._toml import tomllib
 from ckptlint.errors import ConfigError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.pair import PairFacts, stage_of
@@ -18,8 +15,8 @@ from ckptlint.facts.tensor import TensorFacts
 from ckptlint.graph.align import align
 from ckptlint.graph.build import split_key
 from ckptlint.io.checkpoint import Checkpoint
+from ckptlint.presets import EXPECTATIONS, preset
 
-EXPECTATIONS = ("copied", "finetuned")
 HEAD_PATTERNS = ("fc.*", "classifier.*", "head.*", "head.fc.*")  # ImageNet heads a detector drops
 
 
@@ -32,20 +29,6 @@ class TransferOptions:
     scope: str | None = None
     maps: tuple[tuple[str, str], ...] = ()
     max_drift: float = 0.25  # relative L2 change a fine-tuned trainable tensor may show
-
-
-@cache
-def presets() -> dict[str, dict[str, Any]]:
-    text = resources.files("ckptlint.data").joinpath("presets.toml").read_text("utf-8")
-    return tomllib.loads(text)
-
-
-def preset(name: str | None) -> dict[str, Any]:
-    if name is None:
-        return {}
-    if name not in presets():
-        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(sorted(presets()))})")
-    return presets()[name]
 
 
 def is_head(canonical: str) -> bool:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import json
 
-import networkx as nx
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def _flat_copy(graph: nx.DiGraph) -> nx.DiGraph:
     """GraphML and DOT take scalar attributes only: tensors become a comma-separated list."""
+    import networkx as nx
+
     flat = nx.DiGraph()
     for node, data in graph.nodes(data=True):
         flat.add_node(node, kind=data["kind"], tensors=",".join(sorted(data["tensors"].values())))
@@ -29,6 +34,8 @@ def graph_to_json(graph: nx.DiGraph) -> str:
 
 
 def graph_to_graphml(graph: nx.DiGraph) -> str:
+    import networkx as nx
+
     buffer = io.BytesIO()
     nx.write_graphml(_flat_copy(graph), buffer, encoding="utf-8")
     return buffer.getvalue().decode("utf-8")

@@ -1,18 +1,23 @@
-"""Reporters: pure functions from a Report to text; one module per format."""
+"""Reporters: pure functions from a Report to text; one module per format, imported on use."""
 
+from importlib import import_module
 from typing import Callable
 
 from ckptlint.model import Report
-from ckptlint.report.github import render_github, render_step_summary
-from ckptlint.report.html import render_html
-from ckptlint.report.json_report import render_json
-from ckptlint.report.sarif import render_sarif
-from ckptlint.report.text import render_text
 
-RENDERERS: dict[str, Callable[[Report], str]] = {
-    "text": render_text, "json": render_json, "sarif": render_sarif, "github": render_github,
-    "html": render_html,
+FORMATS = {
+    "text": "ckptlint.report.text:render_text",
+    "json": "ckptlint.report.json_report:render_json",
+    "sarif": "ckptlint.report.sarif:render_sarif",
+    "github": "ckptlint.report.github:render_github",
+    "html": "ckptlint.report.html:render_html",
 }
 
-__all__ = ["RENDERERS", "render_github", "render_html", "render_json", "render_sarif", "render_step_summary",
-           "render_text"]
+
+def renderer(fmt: str) -> Callable[[Report], str]:
+    """The render function of a format (its module is imported only now)."""
+    module, _, function = FORMATS[fmt].partition(":")
+    return getattr(import_module(module), function)
+
+
+__all__ = ["FORMATS", "renderer"]

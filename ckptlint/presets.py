@@ -1,0 +1,29 @@
+"""Presets for well-known transfers (``data/presets.toml``) and the accepted expectations.
+
+Kept apart from the facts so the command line can offer the choices without importing numpy.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from ckptlint._toml import tomllib
+from ckptlint.errors import ConfigError
+
+EXPECTATIONS = ("copied", "finetuned")
+
+
+@cache
+def presets() -> dict[str, dict[str, Any]]:
+    text = resources.files("ckptlint.data").joinpath("presets.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def preset(name: str | None) -> dict[str, Any]:
+    if name is None:
+        return {}
+    if name not in presets():
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(sorted(presets()))})")
+    return presets()[name]

@@ -14,7 +14,8 @@ def test_statistics_match_numpy(size: int, dtype: type) -> None:
     values = (np.random.default_rng(size).standard_normal(size) * 3).astype(dtype)
     if np.issubdtype(dtype, np.floating) and size > 3:
         values[1], values[2], values[3] = np.nan, np.inf, -np.inf
-    summary = {**stats.finiteness(values), **stats.extremes(values), **stats.moments(values)}
+    summary = {**stats.finiteness(values), **stats.constancy(values), **stats.extremes(values),
+               **stats.moments(values)}
     finite = values[np.isfinite(values)] if np.issubdtype(dtype, np.floating) else values
     finite = finite.astype(np.float64)
     assert summary["count"] == finite.size
@@ -33,4 +34,13 @@ def test_all_nonfinite_and_empty() -> None:
     assert stats.finiteness(nothing_finite) == {"nan_count": 1, "posinf_count": 1, "neginf_count": 0,
                                                 "nonfinite_count": 2}
     empty = np.zeros(0, dtype=np.float32)
-    assert stats.extremes(empty)["is_constant"] is False and stats.moments(empty)["mean"] is None
+    assert stats.constancy(empty)["is_constant"] is False and stats.moments(empty)["mean"] is None
+
+
+def test_constancy_and_overflow_are_exact() -> None:
+    almost = np.full(100_000, 0.5, dtype=np.float32)
+    almost[12_345] = 0.25  # not on the probe's stride: the full pass must find it
+    assert stats.constancy(almost)["is_constant"] is False
+    assert stats.constancy(np.full(100_000, 2.0, dtype=np.float32))["is_constant"] is True
+    huge = np.full(1000, 3e38, dtype=np.float32)  # the dot product overflows; no value is Inf
+    assert stats.finiteness(huge)["nonfinite_count"] == 0

@@ -1,8 +1,8 @@
 """Statistics of a tensor's values, in groups so a check pays only for what it reads.
 
-finiteness: NaN/Inf counts, one pass in the stored type. extremes: min, max, constant, one pass
-in the stored type. moments: mean, std, kurtosis, zero fraction, in float64 chunks (memory
-bounded by the chunk, not the tensor).
+finiteness: NaN/Inf counts, usually one BLAS dot product. constancy: whether every value is the
+same, usually decided on a sample. extremes: min and max. moments: mean, std, kurtosis, zero
+fraction, in float64 chunks (memory bounded by the chunk, not the tensor).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 CHUNK = 1 << 22  # elements converted to float64 at a time
+PROBE = 4096  # evenly spaced elements that usually settle constancy without a full pass
+NO_NONFINITE = {"nan_count": 0, "posinf_count": 0, "neginf_count": 0, "nonfinite_count": 0}
 
 
 def _flat(values: np.ndarray) -> np.ndarray:
@@ -28,21 +30,44 @@ def _finite(flat: np.ndarray) -> np.ndarray:
 
 
 def finiteness(values: np.ndarray) -> dict[str, int]:
-    """Counts of NaN and infinite values."""
+    """Counts of NaN and infinite values.
+
+    A NaN or Inf anywhere makes the dot product of the values with themselves NaN or Inf, so a
+    finite dot product (one fast BLAS pass, no temporary) proves there are none; an overflow only
+    sends the check down the exact path.
+    """
     flat = _flat(values)
-    if not np.issubdtype(flat.dtype, np.floating) or np.isfinite(flat).all():
-        return {"nan_count": 0, "posinf_count": 0, "neginf_count": 0, "nonfinite_count": 0}
+    if not np.issubdtype(flat.dtype, np.floating):
+        return dict(NO_NONFINITE)
+    if flat.dtype in (np.float32, np.float64) and flat.flags.c_contiguous:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(float(np.dot(flat, flat))):
+                return dict(NO_NONFINITE)
+    if np.isfinite(flat).all():
+        return dict(NO_NONFINITE)
     nan, posinf, neginf = int(np.isnan(flat).sum()), int(np.isposinf(flat).sum()), int(np.isneginf(flat).sum())
     return {"nan_count": nan, "posinf_count": posinf, "neginf_count": neginf, "nonfinite_count": nan + posinf + neginf}
 
 
+def constancy(values: np.ndarray) -> dict[str, bool]:
+    """Whether every finite value is the same (and there is one): two different values in an
+    evenly spaced probe settle it without reading the rest."""
+    flat = _flat(values)
+    probe = flat[:: max(1, flat.size // PROBE)]
+    probe = probe[np.isfinite(probe)] if np.issubdtype(probe.dtype, np.floating) else probe
+    if probe.size and probe.min() != probe.max():
+        return {"is_constant": False}
+    finite = _finite(flat)
+    return {"is_constant": bool(finite.size) and bool(finite.min() == finite.max())}
+
+
 def extremes(values: np.ndarray) -> dict[str, Any]:
-    """Smallest and largest finite value, and whether they are all the same."""
+    """How many values are finite, and the smallest and largest of them."""
     finite = _finite(_flat(values))
     if not finite.size:
-        return {"count": 0, "min": None, "max": None, "abs_max": None, "is_constant": False}
+        return {"count": 0, "min": None, "max": None, "abs_max": None}
     lo, hi = float(finite.min()), float(finite.max())
-    return {"count": int(finite.size), "min": lo, "max": hi, "abs_max": max(abs(lo), abs(hi)), "is_constant": lo == hi}
+    return {"count": int(finite.size), "min": lo, "max": hi, "abs_max": max(abs(lo), abs(hi))}
 
 
 def moments(values: np.ndarray) -> dict[str, Any]:

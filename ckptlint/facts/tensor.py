@@ -8,13 +8,14 @@ import numpy as np
 
 from ckptlint.facts.init_fingerprint import fans, fingerprint
 from ckptlint.facts.lazy import LazyFacts, provides
-from ckptlint.facts.stats import extremes, finiteness, moments
+from ckptlint.facts.stats import constancy, extremes, finiteness, moments
 from ckptlint.graph.build import split_key
 from ckptlint.io.checkpoint import TensorRef
 
 # Value facts by group; a group is computed when a rule first reads one of its facts.
 FINITENESS = "nan_count posinf_count neginf_count nonfinite_count"
-EXTREMES = "count min max abs_max is_constant"
+CONSTANCY = "is_constant"
+EXTREMES = "count min max abs_max"
 MOMENTS = "mean std kurtosis zero_fraction"
 INIT = "init_fits init_best"
 
@@ -64,6 +65,7 @@ class TensorFacts(LazyFacts):
 
     providers = {
         **provides(FINITENESS, lambda self: self._compute("finiteness")),
+        **provides(CONSTANCY, lambda self: self._compute("constancy")),
         **provides(EXTREMES, lambda self: self._compute("extremes")),
         **provides(MOMENTS, lambda self: self._compute("moments")),
         **provides(INIT, lambda self: self._compute("init")),
@@ -78,6 +80,7 @@ def _init_facts(values: np.ndarray, facts: TensorFacts) -> dict[str, Any]:
 
 _GROUP_FUNCTIONS: dict[str, Callable[[np.ndarray, TensorFacts], dict[str, Any]]] = {
     "finiteness": lambda values, _: finiteness(values),
+    "constancy": lambda values, _: constancy(values),
     "extremes": lambda values, _: extremes(values),
     "moments": lambda values, _: moments(values),
     "init": _init_facts,

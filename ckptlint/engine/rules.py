@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,16 +32,8 @@ CODE = re.compile(r"^[A-Z]{2,5}\d{3}$")
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
-def _matching(value: Any, patterns: Any) -> bool:
-    """Jinja test ``x is matching(globs)``: shell-style globs, as in configuration."""
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    return value is not None and any(fnmatchcase(str(value), p) for p in patterns)
-
-
 def make_environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    env.tests["matching"] = _matching
     env.filters["fmt"] = lambda value, spec="": format(value, spec)
     return env
 

@@ -46,4 +46,5 @@ class ModelContext:
     def unused_facts(self) -> Iterator[TensorFacts]:
         for key in self.model.tensors:
             if key not in self.target.tensors:
-                yield self.model_facts.tensor(key, extra={"reference": "model", "counterpart_module": None})
+                yield self.model_facts.tensor(key, extra={"reference": "model", "counterpart_module": None,
+                                                          "is_head": False})

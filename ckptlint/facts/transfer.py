@@ -17,7 +17,8 @@ from ckptlint.graph.build import split_key
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.presets import EXPECTATIONS, preset
 
-HEAD_PATTERNS = ("fc.*", "classifier.*", "head.*", "head.fc.*")  # ImageNet heads a detector drops
+# The ImageNet classifier a detector drops (torchvision/timm ``fc``, HF ``classifier``, timm ``head``).
+HEAD_PATTERNS = ("fc.*", "classifier.*", "head.*")
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,13 @@ class TransferContext:
         for key in self.alignment.unused_pretrained:
             module = split_key(key)[0]
             yield self.pretrained_facts.tensor(key, extra={"counterpart_module": self._module_map.get(module),
-                                                            "reference": "pretrained"})
+                                                            "reference": "pretrained",
+                                                            "is_head": is_head(self._relative(key))})
+
+    def _relative(self, key: str) -> str:
+        """A pretrained key without the wrapper prefix the alignment found (``resnet.``)."""
+        prefix = self.alignment.prefix[1]
+        return key[len(prefix):] if key.startswith(prefix) else key
 
     def score_entries(self) -> list[tuple[str, str | None, int, bool, str]]:
         """(stage, target module, parameters, faithfully carried, verdict) per pretrained tensor."""
@@ -122,9 +129,8 @@ class TransferContext:
             exact = facts["verdict"] in ("copied", "cast")
             carried = facts["within_drift"] if finetuned and not facts["frozen"] else exact
             entries.append((facts["stage"], split_key(facts["target"])[0], facts["numel"], carried, facts["verdict"]))
-        prefix = self.alignment.prefix[1]
         for key in self.alignment.unused_pretrained:
-            canonical = key[len(prefix):] if key.startswith(prefix) else key
+            canonical = self._relative(key)
             if not is_head(canonical) and not key.endswith("num_batches_tracked"):
                 entries.append((stage_of(canonical), None, self.pretrained.tensors[key].numel, False, "missing"))
         return entries

@@ -13,6 +13,7 @@ from ckptlint.engine.rules import Rule
 from ckptlint.engine.runner import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import CheckpointError
+from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.model_check import ModelContext
 from ckptlint.facts.transfer import TransferContext, TransferOptions, transfer_summary
 from ckptlint.fingerprint import find_source_root
@@ -97,14 +98,16 @@ class _Job:
                     self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals,
                                                           pretrained.path, {"path": pretrained.path})
             model = stack.enter_context(load_model(options.model)) if options.model else None
+            pretrained_facts = CheckpointFacts(pretrained) if pretrained else None
+            model_facts = CheckpointFacts(model) if model else None
             for source in sources:
                 checkpoint = self.open(source, options.key)
                 if checkpoint is not None:
                     with checkpoint:
-                        self._check(checkpoint.path, checkpoint, pretrained, model)
+                        self._check(checkpoint.path, checkpoint, pretrained_facts, model_facts)
 
-    def _check(self, path: str, checkpoint: Checkpoint, pretrained: Checkpoint | None,
-               model: Checkpoint | None) -> None:
+    def _check(self, path: str, checkpoint: Checkpoint, pretrained: CheckpointFacts | None,
+               model: CheckpointFacts | None) -> None:
         self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
         try:
             transfer = TransferContext(checkpoint, pretrained, self.options.transfer) if pretrained else None

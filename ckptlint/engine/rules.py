@@ -98,8 +98,6 @@ class Rule:
     name: str
     severity: str
     scope: str
-    condition_source: str
-    message_source: str
     docs: dict[str, str]
     params: dict[str, Any]
     tags: tuple[str, ...]
@@ -150,7 +148,6 @@ def load_rule_file(path: Path) -> Rule:
     condition = _expression(data["condition"], where, "condition")
     return Rule(
         code=data["code"], name=data["name"], severity=data["severity"], scope=data["scope"],
-        condition_source=data["condition"], message_source=data["message"],
         docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params,
         tags=tuple(data.get("tags", ())), security_severity=data.get("security_severity"),
         source=where, condition=condition,

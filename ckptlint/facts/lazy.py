@@ -32,9 +32,6 @@ class LazyFacts(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(set(self._cache) | set(self.providers))
 
-    def computed(self, name: str) -> bool:
-        return name in self._cache
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._cache.get('key', '')!r}>"
 

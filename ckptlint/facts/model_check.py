@@ -19,10 +19,10 @@ from ckptlint.io.checkpoint import Checkpoint
 class ModelContext:
     """A Reference (see facts.transfer) built from the model's state dict."""
 
-    def __init__(self, target: Checkpoint, model: Checkpoint) -> None:
-        self.target, self.model = target, model
-        self.model_facts = CheckpointFacts(model)
-        self.unexpected = set(target.tensors) - set(model.tensors)
+    def __init__(self, target: Checkpoint, model_facts: CheckpointFacts) -> None:
+        self.target, self.model = target, model_facts.checkpoint
+        self.model_facts = model_facts  # shared by every target checked against the same model
+        self.unexpected = set(target.tensors) - set(self.model.tensors)
 
     def tensor_extra(self, key: str) -> dict[str, Any]:
         return {}

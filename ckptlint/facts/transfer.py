@@ -54,7 +54,10 @@ class Reference(Protocol):
 class TransferContext:
     """Everything the runner needs to judge a target against a pretrained checkpoint."""
 
-    def __init__(self, target: Checkpoint, pretrained: Checkpoint, options: TransferOptions) -> None:
+    def __init__(self, target: Checkpoint, pretrained_facts: CheckpointFacts, options: TransferOptions) -> None:
+        """``pretrained_facts`` is shared by every target checked against the same file, so its
+        module graph is built once."""
+        pretrained = pretrained_facts.checkpoint
         if options.expect not in EXPECTATIONS:
             raise ConfigError(f"--expect must be one of {', '.join(EXPECTATIONS)}")
         chosen = preset(options.preset)
@@ -66,7 +69,7 @@ class TransferContext:
             read_target=lambda key: target.read(key).tobytes(),
             read_pretrained=lambda key: pretrained.read(key).tobytes(),
         )
-        self.pretrained_facts = CheckpointFacts(pretrained)
+        self.pretrained_facts = pretrained_facts
         self.by_target = {pair.target: pair for pair in self.alignment.pairs}
         self.unmatched = set(self.alignment.unmatched_target)
         self._module_map: dict[str, str] = {}  # pretrained module -> target module

@@ -12,14 +12,8 @@ import numpy as np
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef
-from ckptlint.io.dtypes import DTYPES, widen
+from ckptlint.io.dtypes import DTYPES
 from ckptlint.io.layout import find_state_dict, strip_prefixes
-
-NUMPY_NAMES = {"float64": "float64", "float32": "float32", "float16": "float16", "complex64": "complex64",
-               "complex128": "complex128", "int64": "int64", "int32": "int32", "int16": "int16",
-               "int8": "int8", "uint64": "uint64", "uint32": "uint32", "uint16": "uint16", "uint8": "uint8",
-               "bool": "bool"}
-
 
 def _torch_type(value: Any, name: str) -> bool:
     """isinstance(value, torch.<name>), without importing torch: a torch object cannot exist
@@ -39,7 +33,9 @@ def is_tensor(value: Any) -> bool:
 
 def _dtype_name(value: Any) -> str:
     if isinstance(value, np.ndarray):
-        name = NUMPY_NAMES.get(value.dtype.name)
+        # numpy's own kinds only: an extension dtype named like ours (ml_dtypes' float8) is not
+        # stored the way the readers widen it
+        name = value.dtype.name if value.dtype.kind in "biufc" else repr(value.dtype)
     else:
         name = str(value.dtype).removeprefix("torch.")
     if name not in DTYPES:
@@ -50,7 +46,7 @@ def _dtype_name(value: Any) -> str:
 def _as_numpy(value: Any, dtype: str) -> np.ndarray:
     """Values as the file readers give them: bfloat16 and float8 widened to float32."""
     if isinstance(value, np.ndarray):
-        return widen(value, DTYPES[dtype]) if dtype == "bool" else value
+        return value
     tensor = value.detach().cpu()
     if dtype == "bfloat16" or dtype.startswith("float8"):
         tensor = tensor.float()

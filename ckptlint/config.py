@@ -39,7 +39,7 @@ class Config:
     settings: dict[str, Any]
 
 
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str, path: str | None) -> None:
+def check_setting_names(table: dict[str, Any], allowed: set[str], where: str, path: str | None) -> None:
     for key in table:
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
@@ -76,11 +76,11 @@ def load_config(paths: Sequence[str], explicit: str | None = None) -> Config | N
 
 def _validated(config: Config) -> Config:
     where = "[tool.ckptlint]" if config.path.endswith("pyproject.toml") else "the top level"
-    _check_keys(config.settings, TOP_LEVEL, where, config.path)
+    check_setting_names(config.settings, TOP_LEVEL, where, config.path)
     for index, target in enumerate(config.settings.get("targets", [])):
         if not isinstance(target, dict) or "glob" not in target:
             raise ConfigError(f"targets[{index}] needs a glob", config.path)
-        _check_keys(target, PER_TARGET | {"glob"}, f"targets[{index}]", config.path)
+        check_setting_names(target, PER_TARGET | {"glob"}, f"targets[{index}]", config.path)
     fail_on = config.settings.get("fail-on")
     if fail_on is not None and fail_on not in (*SEVERITIES, "never"):
         raise ConfigError(f"fail-on must be one of {', '.join(SEVERITIES)}, never", config.path)

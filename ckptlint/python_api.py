@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ckptlint.api import run_jobs
-from ckptlint.config import PER_TARGET, TOP_LEVEL, _check_keys, load_config, options_from_settings
+from ckptlint.config import PER_TARGET, TOP_LEVEL, check_setting_names, load_config, options_from_settings
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.memory import memory_checkpoint
 from ckptlint.model import Report
@@ -31,7 +31,7 @@ def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = Non
     one from the current directory as the CLI does; its settings are overridden by ``options``.
     """
     settings = {name.replace("_", "-"): value for name, value in options.items() if value is not None}
-    _check_keys(settings, (TOP_LEVEL | PER_TARGET) - {"targets", "pretrained"}, "lint() options", None)
+    check_setting_names(settings, (TOP_LEVEL | PER_TARGET) - {"targets", "pretrained"}, "lint() options", None)
     found = load_config([], config if isinstance(config, str) else None) if config else None
     merged = {**({k: v for k, v in found.settings.items() if k != "targets"} if found else {}), **settings}
     target_source = _source(target, "<target>", merged.get("key"))

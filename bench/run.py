@@ -58,14 +58,23 @@ def fixtures_module():
     return module
 
 
-def timed(command: list[str], repeat: int) -> float:
-    """Median wall time of ``command`` (output discarded)."""
-    times = []
+def timed(*commands: list[str], repeat: int) -> list[float]:
+    """Median wall time of each command (output discarded), the commands taking turns so that
+    a slow spell of the machine falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in commands]
     for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for command, series in zip(commands, times):
+            start = time.perf_counter()
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            series.append(time.perf_counter() - start)
+    return [statistics.median(series) for series in times]
+
+
+def byte_compile_ckptlint() -> None:
+    """Compile ckptlint's modules as pip does at install time, so an editable checkout (or
+    PYTHONDONTWRITEBYTECODE) does not charge every run for compiling them."""
+    code = "import compileall, os, ckptlint; compileall.compile_dir(os.path.dirname(ckptlint.__file__), quiet=1)"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def peak_rss_mb(command: list[str]) -> float:
@@ -134,18 +143,18 @@ def alignment_seconds() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", help="where to write the generated checkpoints (default: a temporary folder)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per timing; the median is kept")
+    parser.add_argument("--repeat", type=int, default=7, help="runs per timing; the median is kept")
     parser.add_argument("--skip-big", action="store_true", help="skip the 4 GB memory measurement")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ckptlint-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str, str]] = []
 
+    byte_compile_ckptlint()
     detr, resnet = full_size_detr(work)
     check = [*CKPTLINT, "check", str(detr), "--pretrained", str(resnet)]
-    ours = timed(check, args.repeat)
-    plain = timed([sys.executable, "-c", TORCH_SCRIPT, str(detr), str(resnet)], args.repeat)
-    floor = timed([sys.executable, "-c", FLOOR_SCRIPT, str(detr), str(resnet)], args.repeat)
+    ours, plain, floor = timed(check, [sys.executable, "-c", TORCH_SCRIPT, str(detr), str(resnet)],
+                               [sys.executable, "-c", FLOOR_SCRIPT, str(detr), str(resnet)], repeat=args.repeat)
     rows.append(("(a) full check vs plain-PyTorch script", f"{ours:.2f} s / {plain:.2f} s",
                  f"{ours / plain:.2f}x", "<= 0.5x"))
     rows.append(("(b) full check vs one numpy pass over both files", f"{ours:.2f} s / {floor:.2f} s",
@@ -153,22 +162,21 @@ def main() -> None:
 
     small, large = same_keys(work, "keys_1x.pt", 64), same_keys(work, "keys_4x.pt", 256)
     names = [*CKPTLINT, "check", "--select", NAMES_ONLY]
-    t_small, t_large = timed([*names, str(small)], args.repeat), timed([*names, str(large)], args.repeat)
+    t_small, t_large = timed([*names, str(small)], [*names, str(large)], repeat=args.repeat)
     rows.append((f"(c) names and shapes only, 4x the bytes ({large.stat().st_size >> 20} MB vs "
                  f"{small.stat().st_size >> 20} MB)", f"{t_large:.2f} s / {t_small:.2f} s",
                  f"{t_large / t_small:.2f}x", "<= 1.1x"))
 
-    torch_import = timed([sys.executable, "-c", "import torch"], args.repeat)
-    for label, command in (("--version", [*CKPTLINT, "--version"]), ("rules", [*CKPTLINT, "rules"])):
-        t = timed(command, args.repeat)
+    torch_import, version, rules = timed([sys.executable, "-c", "import torch"], [*CKPTLINT, "--version"],
+                                         [*CKPTLINT, "rules"], repeat=args.repeat)
+    for label, t in (("--version", version), ("rules", rules)):
         rows.append((f"(d) ckptlint {label} vs python -c 'import torch'", f"{t:.2f} s / {torch_import:.2f} s",
                      f"{t / torch_import:.2f}x", "<= 0.25x"))
 
-    baseline = timed([*CKPTLINT, "check", str(tensor_series(work, 1))], args.repeat)
-    per_tensor = {}
-    for count in (2000, 8000, 32000):
-        t = timed([*CKPTLINT, "check", str(tensor_series(work, count))], args.repeat)
-        per_tensor[count] = (t - baseline) / count
+    counts = (2000, 8000, 32000)
+    series = [[*CKPTLINT, "check", str(tensor_series(work, count))] for count in (1, *counts)]
+    baseline, *totals = timed(*series, repeat=args.repeat)
+    per_tensor = {count: (t - baseline) / count for count, t in zip(counts, totals)}
     spread = max(per_tensor.values()) / min(per_tensor.values())
     rows.append(("(e) time per tensor at 1x, 4x, 16x tensors (2k, 8k, 32k)",
                  " / ".join(f"{v * 1e6:.0f} us" for v in per_tensor.values()), f"{spread:.2f}x spread", "<= 1.2x"))
@@ -180,8 +188,8 @@ def main() -> None:
         size = f"{big.stat().st_size / 2**30:.1f} GB"
         rows.append((f"(f) peak memory, {size} file, largest tensor {largest >> 20} MB", f"{rss:.0f} MB",
                      f"{rss / budget:.2f}x of budget", f"<= {budget:.0f} MB"))
-        ours_big = timed([*CKPTLINT, "check", str(big)], args.repeat)
-        floor_big = timed([sys.executable, "-c", FLOOR_SCRIPT, str(big)], args.repeat)
+        ours_big, floor_big = timed([*CKPTLINT, "check", str(big)], [sys.executable, "-c", FLOOR_SCRIPT, str(big)],
+                                    repeat=args.repeat)
         rows.append((f"(b') full check vs one numpy pass, the {size} file", f"{ours_big:.2f} s / {floor_big:.2f} s",
                      f"{ours_big / floor_big:.2f}x", "<= 2x"))
         big.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,19 @@ from ckptlint.cli import main
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 CASES = FIXTURES / "cases"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_code_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Rule code compiled by the tests (and the processes they start) goes to a folder of the
+    test run's own, not the user's ~/.cache."""
+    previous = os.environ.get("CKPTLINT_CACHE_DIR")
+    os.environ["CKPTLINT_CACHE_DIR"] = str(tmp_path_factory.mktemp("code-cache"))
+    yield
+    if previous is None:
+        del os.environ["CKPTLINT_CACHE_DIR"]
+    else:
+        os.environ["CKPTLINT_CACHE_DIR"] = previous
 
 
 @dataclass

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import CodeType
 from typing import Any, Callable
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2.runtime import Context
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ckptlint._toml import tomllib
+from ckptlint.engine import code_cache
 from ckptlint.errors import RuleError
 from ckptlint.model import SEVERITIES
 
@@ -41,47 +44,68 @@ def make_environment() -> ImmutableSandboxedEnvironment:
 ENVIRONMENT = make_environment()
 
 
-class Expression:
-    """A Jinja2 expression parsed at load time, compiled in the sandbox on first use (most
-    evidence expressions never run), and evaluated with one reused context.
+class _Compiled:
+    """Jinja2 source parsed at load time (a syntax error surfaces then, naming the rule file)
+    and compiled to Python code on first use — or given that code by the cache, unparsed."""
+
+    def __init__(self, tree: nodes.Template | None, code: CodeType | None) -> None:
+        self._tree = tree
+        self._code = code
+        self._template: Template | None = None
+
+    def code(self) -> CodeType:
+        if self._code is None:
+            self._code = ENVIRONMENT.compile(self._tree)
+        return self._code
+
+    def template(self) -> Template:
+        if self._template is None:
+            self._template = ENVIRONMENT.template_class.from_code(ENVIRONMENT, self.code(),
+                                                                   ENVIRONMENT.make_globals(None))
+        return self._template
+
+
+class Expression(_Compiled):
+    """A Jinja2 expression, compiled in the sandbox on first use (most evidence expressions
+    never run) and evaluated with one reused context.
 
     ``Environment.compile_expression`` builds a fresh Context per call (about 10 us); with a
     million tensors and several rules that was most of a run. This does what it does — a
     ``{% set result = ... %}`` template — but keeps the context and swaps its variables.
     """
 
-    def __init__(self, source: str) -> None:
-        parser = Parser(ENVIRONMENT, source, state="variable")
-        expression = parser.parse_expression()
-        if not parser.stream.eos:
-            raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno)
-        self._tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)], lineno=1)
-        self._template: Template | None = None
+    def __init__(self, source: str, code: CodeType | None = None) -> None:
+        tree = None
+        if code is None:
+            parser = Parser(ENVIRONMENT, source, state="variable")
+            expression = parser.parse_expression()
+            if not parser.stream.eos:
+                raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno)
+            tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)], lineno=1)
+        super().__init__(tree, code)
+        self._context: Context | None = None
 
     def __call__(self, **variables: Any) -> Any:
-        if self._template is None:
-            self._template = ENVIRONMENT.from_string(self._tree)
-            self._context = self._template.new_context({}, shared=True)
+        if self._context is None:
+            template = self.template()
+            self._context = template.new_context({}, shared=True)
+            self._render = template.root_render_func
         context = self._context
         context.parent = variables
         context.vars.clear()
-        for _ in self._template.root_render_func(context):
+        for _ in self._render(context):
             pass
         return context.vars["result"]
 
 
-class MessageTemplate:
-    """A message template parsed at load time and compiled when a finding first needs it."""
+class MessageTemplate(_Compiled):
+    """A finding's message template, compiled when a finding first needs it."""
 
-    def __init__(self, source: str) -> None:
-        ENVIRONMENT.parse(source)  # a syntax error surfaces now, naming the rule file
-        self._source = source
-        self._template: Template | None = None
+    def __init__(self, source: str, code: CodeType | None = None) -> None:
+        super().__init__(None if code else ENVIRONMENT.parse(source), code)
 
     def render(self, **variables: Any) -> str:
-        if self._template is None:
-            self._template = ENVIRONMENT.from_string(self._source)
-        return self._template.render(**variables)
+        return self.template().render(**variables)
 
 
 @dataclass(frozen=True)
@@ -123,7 +147,8 @@ def load_rule_file(path: Path) -> Rule:
     """Parse, validate and compile one rule file; any problem is a RuleError naming the file."""
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
+        data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RuleError(f"cannot parse rule file ({exc})", where) from None
     unknown = set(data) - set(REQUIRED) - set(OPTIONAL)
@@ -145,17 +170,21 @@ def load_rule_file(path: Path) -> Rule:
     _check(isinstance(overrides, list) and all(isinstance(o, dict) and o.get("severity") in SEVERITIES
                                                and isinstance(o.get("when"), str) for o in overrides),
            "severity_if entries need a severity and a `when` condition", where)
-    condition = _expression(data["condition"], where, "condition")
-    return Rule(
+    cached = code_cache.load(text)
+    compiler = _Compiler(where, cached or {})
+    rule = Rule(
         code=data["code"], name=data["name"], severity=data["severity"], scope=data["scope"],
         docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params,
         tags=tuple(data.get("tags", ())), security_severity=data.get("security_severity"),
-        source=where, condition=condition,
-        message=_template(data["message"], where),
-        evidence={k: _expression(v, where, f"evidence.{k}") for k, v in evidence.items()},
-        severity_if=tuple(SeverityOverride(o["severity"], _expression(o["when"], where, "severity_if"))
+        source=where, condition=compiler.expression(data["condition"], "condition"),
+        message=compiler.message(data["message"]),
+        evidence={k: compiler.expression(v, f"evidence.{k}") for k, v in evidence.items()},
+        severity_if=tuple(SeverityOverride(o["severity"], compiler.expression(o["when"], "severity_if"))
                           for o in overrides),
     )
+    if cached is None:
+        code_cache.store(text, compiler.codes())
+    return rule
 
 
 def _check(ok: Any, problem: str, where: str) -> None:
@@ -163,19 +192,39 @@ def _check(ok: Any, problem: str, where: str) -> None:
         raise RuleError(problem, where)
 
 
-def _expression(source: Any, where: str, what: str) -> Callable[..., Any]:
-    if not isinstance(source, str) or not source.strip():
-        raise RuleError(f"{what} must be a non-empty Jinja2 expression", where)
-    try:
-        return Expression(source)
-    except TemplateSyntaxError as exc:
-        raise RuleError(f"{what} does not compile: {exc.message}", where) from None
+class _Compiler:
+    """Makes one rule file's expressions and message, from cached code where there is some."""
 
+    def __init__(self, where: str, cached: dict[str, CodeType]) -> None:
+        self.where = where
+        self.cached = cached
+        self.made: dict[str, tuple[_Compiled, str]] = {}
 
-def _template(source: Any, where: str) -> Any:
-    if not isinstance(source, str) or not source.strip():
-        raise RuleError("message must be a non-empty Jinja2 template", where)
-    try:
-        return MessageTemplate(source)
-    except TemplateSyntaxError as exc:
-        raise RuleError(f"message does not compile: {exc.message}", where) from None
+    def expression(self, source: Any, what: str) -> Expression:
+        if not isinstance(source, str) or not source.strip():
+            raise RuleError(f"{what} must be a non-empty Jinja2 expression", self.where)
+        return self._make(Expression, f"expression:{source}", source, what)
+
+    def message(self, source: Any) -> MessageTemplate:
+        if not isinstance(source, str) or not source.strip():
+            raise RuleError("message must be a non-empty Jinja2 template", self.where)
+        return self._make(MessageTemplate, f"message:{source}", source, "message")
+
+    def _make(self, kind: type, key: str, source: str, what: str) -> Any:
+        try:
+            made = kind(source, self.cached.get(key))
+        except TemplateSyntaxError as exc:
+            raise RuleError(f"{what} does not compile: {exc.message}", self.where) from None
+        self.made[key] = made, what
+        return made
+
+    def codes(self) -> dict[str, CodeType]:
+        """Every expression's and the message's code, to cache; compiling them all now also
+        makes an error that only code generation finds (an unknown filter) fail the load."""
+        codes = {}
+        for key, (made, what) in self.made.items():
+            try:
+                codes[key] = made.code()
+            except TemplateSyntaxError as exc:
+                raise RuleError(f"{what} does not compile: {exc.message}", self.where) from None
+        return codes

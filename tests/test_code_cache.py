@@ -1,0 +1,111 @@
+"""Rule code kept between runs: used while a rule file is unchanged, never when it cannot be
+trusted, and never a reason for a wrong answer."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ckptlint.engine import rules as rules_module
+from ckptlint.engine.registry import load_rules_from
+from ckptlint.engine.runner import Evaluator
+from ckptlint.engine.selection import Selection
+from ckptlint.errors import RuleError
+from test_engine import GOOD_RULE
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CKPTLINT_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every expression Jinja2 is asked to parse."""
+    seen: list[str] = []
+    real = rules_module.Parser
+
+    def counting(environment, source, *args, **kwargs):
+        seen.append(source)
+        return real(environment, source, *args, **kwargs)
+
+    monkeypatch.setattr(rules_module, "Parser", counting)
+    return seen
+
+
+def _rules(tmp_path: Path, condition: str, message: str = "fires") -> Path:
+    folder = tmp_path / "rules"
+    folder.mkdir(exist_ok=True)
+    text = GOOD_RULE.format(condition=condition).replace('message = "fires"', f'message = "{message}"')
+    (folder / "r.toml").write_text(text)
+    return folder
+
+
+def _fires(folder: Path, file_facts: dict) -> str | None:
+    rules = load_rules_from(folder)
+    finding = Evaluator(rules, Selection()).evaluate(rules[0], file_facts, "f.pt", None, {})
+    return finding.message if finding else None
+
+
+def test_an_unchanged_rule_file_runs_from_its_cached_code(tmp_path: Path, cache: Path, parses: list[str]) -> None:
+    folder = _rules(tmp_path, "file.format == 'zip'", "format {{ file.format }}")
+    assert _fires(folder, {"format": "zip"}) == "format zip"
+    assert parses == ["file.format == 'zip'"] and len(list(cache.glob("*.code"))) == 1
+    parses.clear()
+    assert _fires(folder, {"format": "zip"}) == "format zip"
+    assert _fires(folder, {"format": "legacy"}) is None
+    assert parses == []  # nothing parsed or compiled: the code came from the cache
+
+
+def test_an_edited_rule_file_is_compiled_again(tmp_path: Path, cache: Path, parses: list[str]) -> None:
+    folder = _rules(tmp_path, "file.format == 'zip'")
+    assert _fires(folder, {"format": "zip"}) == "fires"
+    _rules(tmp_path, "file.format != 'zip'")
+    assert _fires(folder, {"format": "zip"}) is None
+    assert parses == ["file.format == 'zip'", "file.format != 'zip'"]
+
+
+def test_a_corrupt_entry_is_ignored_and_replaced(tmp_path: Path, cache: Path, parses: list[str]) -> None:
+    folder = _rules(tmp_path, "file.format == 'zip'")
+    _fires(folder, {"format": "zip"})
+    (entry,) = cache.glob("*.code")
+    blob = bytearray(entry.read_bytes())
+    blob[-5] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    assert _fires(folder, {"format": "zip"}) == "fires"
+    assert len(parses) == 2  # compiled again, not run from the damaged bytes
+    parses.clear()
+    assert _fires(folder, {"format": "zip"}) == "fires" and parses == []  # and stored again
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_a_folder_others_may_write_is_never_read(tmp_path: Path, cache: Path, parses: list[str]) -> None:
+    folder = _rules(tmp_path, "file.format == 'zip'")
+    _fires(folder, {"format": "zip"})
+    cache.chmod(cache.stat().st_mode | stat.S_IWOTH)
+    parses.clear()
+    assert _fires(folder, {"format": "zip"}) == "fires"
+    assert parses == ["file.format == 'zip'"]
+
+
+def test_the_cache_can_be_turned_off(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CKPTLINT_NO_CACHE", "1")
+    assert _fires(_rules(tmp_path, "true"), {"format": "zip"}) == "fires"
+    assert not cache.exists()
+
+
+def test_an_unwritable_cache_folder_only_costs_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("CKPTLINT_CACHE_DIR", str(blocker / "cache"))
+    assert _fires(_rules(tmp_path, "true"), {"format": "zip"}) == "fires"
+
+
+def test_an_error_found_only_by_code_generation_fails_the_load(tmp_path: Path, cache: Path) -> None:
+    with pytest.raises(RuleError, match="condition does not compile.*nosuchfilter"):
+        load_rules_from(_rules(tmp_path, "file.format | nosuchfilter"))

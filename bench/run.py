@@ -63,7 +63,7 @@ def timed(*commands: list[str], repeat: int) -> list[float]:
     a slow spell of the machine falls on all of them alike."""
     times: list[list[float]] = [[] for _ in commands]
     for _ in range(repeat):
-        for command, series in zip(commands, times):
+        for command, series in zip(commands, times, strict=True):
             start = time.perf_counter()
             subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
             series.append(time.perf_counter() - start)
@@ -176,7 +176,7 @@ def main() -> None:
     counts = (2000, 8000, 32000)
     series = [[*CKPTLINT, "check", str(tensor_series(work, count))] for count in (1, *counts)]
     baseline, *totals = timed(*series, repeat=args.repeat)
-    per_tensor = {count: (t - baseline) / count for count, t in zip(counts, totals)}
+    per_tensor = {count: (t - baseline) / count for count, t in zip(counts, totals, strict=True)}
     spread = max(per_tensor.values()) / min(per_tensor.values())
     rows.append(("(e) time per tensor at 1x, 4x, 16x tensors (2k, 8k, 32k)",
                  " / ".join(f"{v * 1e6:.0f} us" for v in per_tensor.values()), f"{spread:.2f}x spread", "<= 1.2x"))

@@ -116,6 +116,29 @@ def test_safetensors_from_torch_and_numpy(tmp_path: Path) -> None:
             np.testing.assert_array_equal(checkpoint.read(key), array)
 
 
+def test_large_tensors_are_mapped_and_read_back_exactly(tmp_path: Path) -> None:
+    """Tensors from MAP_MIN_BYTES up are views of the file's pages: at offsets that are not
+    page-aligned (safetensors), widened (bfloat16), as strided views; never writable."""
+    from ckptlint.io.checkpoint import MAP_MIN_BYTES
+
+    gen = torch.Generator().manual_seed(3)
+    big = torch.randn(1024, 1024, generator=gen)
+    assert big.numel() * 4 >= MAP_MIN_BYTES
+    sd = OrderedDict(small=torch.randn(3, 5, generator=gen), big=big, big_bf16=big.bfloat16(),
+                     big_half=big[:, :600].contiguous().half(), offset_view=big[1:, 3:], transposed=big.t())
+    torch.save(sd, tmp_path / "big.pt")
+    assert_same_values(tmp_path / "big.pt", torch.load(tmp_path / "big.pt", weights_only=True))
+    safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "big.safetensors")
+    loaded = safetensors.torch.load_file(tmp_path / "big.safetensors")
+    with open_checkpoint(str(tmp_path / "big.safetensors")) as checkpoint:
+        assert checkpoint.tensors["big_half"].storage_start % 4096  # the mapping must start before it
+        for key, tensor in loaded.items():
+            np.testing.assert_array_equal(checkpoint.read(key), as_numpy(tensor), err_msg=key)
+        mapped = checkpoint.read("big")
+    assert not mapped.flags.owndata and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, big.numpy())  # still valid after the file is closed
+
+
 def _write_index(folder: Path, name: str, weight_map: dict[str, str]) -> Path:
     path = folder / name
     path.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))

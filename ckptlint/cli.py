@@ -78,10 +78,13 @@ def cli() -> None:
 @click.option("--map", "maps", multiple=True, metavar="OLD=NEW",
               help="Target key prefix OLD is pretrained prefix NEW; wins over inferred matches.")
 @click.option("--expect", type=click.Choice(EXPECTATIONS),
-              help="copied (default): values must equal the pretrained ones; finetuned: trainable ones may drift.")
+              help="auto (default): decided from the file (training state) and the pairs (drift); copied: values "
+                   "must equal the pretrained ones; finetuned: trainable ones may drift, frozen ones may not.")
 @click.option("--preset", type=click.Choice(sorted(presets())), help="Scope and frozen tensors of a known model.")
 @click.option("--max-drift", type=click.FloatRange(0, None),
               help="With --expect finetuned: largest relative change of a trainable tensor (default 0.25).")
+@click.option("--min-score", type=click.FloatRange(0, 100), metavar="PERCENT",
+              help="Fail (low-transfer-score) when a target's transfer score is below this percentage.")
 @click.option("--model", metavar="MODULE:FACTORY",
               help="Build the model with your own package.module:factory and report what load_state_dict "
                    "would say (missing, unexpected keys, shape mismatches).")
@@ -95,6 +98,7 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     from ckptlint.config import load_config, resolve_jobs
     from ckptlint.progress import Progress
     from ckptlint.report.github import render_step_summary
+    from ckptlint.report.text import tally_line
 
     settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
     for name in ("select", "ignore"):
@@ -113,6 +117,10 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
             summary.write(render_step_summary(report))
     for error in report.errors:
         click.echo(f"ckptlint: {error.file}: {error.message}", err=True)
+    if output:  # the report went to a file: still say in one line how the check went
+        why = report.why_failed()
+        click.echo(f"ckptlint: {'FAILED: ' + why + '; ' if why else ''}{tally_line(report)} Report: {output}",
+                   err=True)
     return report.exit_code()
 
 

@@ -22,9 +22,14 @@ from ckptlint.engine.selection import Selection
 from ckptlint.errors import ConfigError
 from ckptlint.facts.transfer import TransferOptions
 from ckptlint.model import SEVERITIES
+from ckptlint.presets import EXPECTATIONS, presets
 
 # Settings a target glob may override, and the ones only the top level takes.
-PER_TARGET = {"pretrained", "pretrained-key", "key", "scope", "maps", "expect", "preset", "max-drift", "model"}
+PER_TARGET = {"pretrained", "pretrained-key", "key", "scope", "maps", "expect", "preset", "max-drift", "min-score",
+              "model"}
+# Settings that only mean something against a pretrained checkpoint: without one they would do
+# nothing, silently, so they are a usage error.
+NEEDS_PRETRAINED = ("pretrained-key", "scope", "maps", "preset", "max-drift", "min-score")
 TOP_LEVEL = PER_TARGET | {"select", "ignore", "fail-on", "baseline", "severity", "params",
                           "per-key-ignores", "targets"}
 PATH_SETTINGS = ("pretrained", "baseline")
@@ -120,21 +125,59 @@ def _maps(value: Any, source: str | None) -> tuple[tuple[str, str], ...]:
     raise ConfigError("maps must be a table of OLD = NEW prefixes", source)
 
 
+def _choice(settings: dict[str, Any], name: str, choices: Sequence[str], source: str | None) -> None:
+    value = settings.get(name)
+    if value is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}{hint}", source)
+
+
+def _validate(settings: dict[str, Any], source: str | None) -> None:
+    """Every value checked once, whoever gave it (command line, configuration, ``lint()``)."""
+    _choice(settings, "fail-on", (*SEVERITIES, "never"), source)
+    _choice(settings, "expect", EXPECTATIONS, source)
+    _choice(settings, "preset", sorted(presets()), source)
+    if settings.get("pretrained") is None:
+        given = [name for name in NEEDS_PRETRAINED if settings.get(name) not in (None, (), {}, [])]
+        if settings.get("expect") not in (None, "auto"):
+            given.insert(0, "expect")
+        if given:
+            raise ConfigError(f"{', '.join(given)} compare with a pretrained checkpoint, but none was given "
+                              "(--pretrained FILE, or pretrained = ... in the configuration)", source)
+    for name, low, high in (("max-drift", 0.0, None), ("min-score", 0.0, 100.0)):
+        value = settings.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < low or (high is not None and value > high)):
+            bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            raise ConfigError(f"{name} must be a number {bounds}, not {value!r}", source)
+
+
 def options_from_settings(settings: dict[str, Any], hash_files: bool, source: str | None = None) -> Options:
-    """Options from settings named as in the configuration file (``fail-on``, ``max-drift``)."""
+    """Options from settings named as in the configuration file (``fail-on``, ``max-drift``),
+    validated: an invalid value or a setting that would do nothing is a ConfigError."""
+    _validate(settings, source)
     baseline = settings.get("baseline")
     selection = Selection(
         select=tuple(settings.get("select", ())),
         ignore=tuple(settings.get("ignore", ())),
         severity=dict(settings.get("severity", {})),
-        params={k: dict(v) for k, v in settings.get("params", {}).items()},
+        params=_params(settings),
         per_key_ignores={k: tuple(v) for k, v in settings.get("per-key-ignores", {}).items()},
         baseline=load_baseline(baseline) if baseline else frozenset(),
     )
     transfer = TransferOptions(
-        expect=settings.get("expect", "copied"), preset=settings.get("preset"), scope=settings.get("scope"),
+        expect=settings.get("expect", "auto"), preset=settings.get("preset"), scope=settings.get("scope"),
         maps=_maps(settings.get("maps", ()), source), max_drift=float(settings.get("max-drift", 0.25)),
     )
     return Options(selection=selection, fail_on=settings.get("fail-on", "error"), key=settings.get("key"),
                    hash_files=hash_files, pretrained=settings.get("pretrained"),
                    pretrained_key=settings.get("pretrained-key"), transfer=transfer, model=settings.get("model"))
+
+
+def _params(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rule parameters; ``min-score`` is low-transfer-score's minimum."""
+    params = {k: dict(v) for k, v in settings.get("params", {}).items()}
+    if settings.get("min-score") is not None:
+        params.setdefault("low-transfer-score", {})["min_score"] = float(settings["min-score"])
+    return params

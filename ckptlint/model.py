@@ -25,8 +25,9 @@ class Finding:
     message: str
     evidence: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
-    def sort_key(self) -> tuple[str, str, str, str]:
-        return (self.file, self.key or "", self.code, self.message)
+    def sort_key(self) -> tuple[str, int, str, str, str]:
+        """By file, then the most severe first, then key: the first lines are the ones that matter."""
+        return (self.file, -severity_rank(self.severity), self.key or "", self.code, self.message)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     errors: list[ReadError] = field(default_factory=list)
     pairs: list[PairRecord] = field(default_factory=list)
-    transfer: dict[str, Any] | None = None  # score, by_stage, by_module; with --pretrained only
+    transfer: dict[str, Any] | None = None  # score, expectation, by_stage, by_file; None when nothing was scored
     suppressed: list[Finding] = field(default_factory=list)  # accepted in a baseline
     rules: list[dict[str, Any]] = field(default_factory=list)  # the enabled rules, described
     histograms: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)  # (file, key)
@@ -102,6 +103,21 @@ class Report:
         from ckptlint.report import renderer  # the reporters import this module
 
         return renderer(fmt)(self)
+
+    def why_failed(self) -> str | None:
+        """One line saying why the check fails (None when it passes)."""
+        parts = []
+        if self.errors:
+            parts.append(f"{len(self.errors)} file{'s' if len(self.errors) != 1 else ''} could not be read")
+        failing = self.failing
+        if failing:
+            by_rule: dict[str, int] = {}
+            for finding in failing:
+                by_rule[finding.name] = by_rule.get(finding.name, 0) + 1
+            counts = ", ".join(f"{name} x{n}" for name, n in sorted(by_rule.items(), key=lambda kv: (-kv[1], kv[0])))
+            parts.append(f"{len(failing)} finding{'s' if len(failing) != 1 else ''} at or above {self.fail_on} "
+                         f"({counts})")
+        return "; ".join(parts) or None
 
     def exit_code(self) -> int:
         """2 when a file could not be read, 1 when findings reach ``fail_on``, else 0."""

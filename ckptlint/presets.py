@@ -12,11 +12,12 @@ from typing import Any
 from ckptlint._toml import tomllib
 from ckptlint.errors import ConfigError
 
-EXPECTATIONS = ("copied", "finetuned")
+EXPECTATIONS = ("auto", "copied", "finetuned")
 
 
 @cache
 def presets() -> dict[str, dict[str, Any]]:
+    """Each preset with ``scopes``: the places its backbone may lie, as the file names them."""
     text = resources.files("ckptlint.data").joinpath("presets.toml").read_text("utf-8")
     return tomllib.loads(text)
 

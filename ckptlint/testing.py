@@ -6,6 +6,9 @@ from typing import Any
 
 from ckptlint.model import Report
 from ckptlint.python_api import lint
+from ckptlint.report.text import percent, tally_line
+
+MAX_LISTED = 20  # failing findings named in the message; the rest are counted
 
 
 def assert_transferred(model_or_state_dict: Any, pretrained: Any, **options: Any) -> Report:
@@ -16,5 +19,21 @@ def assert_transferred(model_or_state_dict: Any, pretrained: Any, **options: Any
     """
     report = lint(model_or_state_dict, pretrained, **options)
     if not report.ok:
-        raise AssertionError("ckptlint: the weights do not reflect the pretrained ones\n" + report.render("text"))
+        raise AssertionError(failure_message(report))
     return report
+
+
+def failure_message(report: Report) -> str:
+    """What a failing test shows: why, the score, the first failing findings (most severe first),
+    and how many more; the whole report is ``report.render("text")``."""
+    lines = [f"ckptlint: the weights do not reflect the pretrained ones: {report.why_failed()}"]
+    if report.transfer is not None:
+        lines.append(f"transfer score {percent(report.transfer['score'])} of {report.transfer['parameters']} "
+                     f"parameters; judged as {report.transfer['expect']}: {report.transfer['expect_reason']}")
+    lines += [f"  {e.file}: {e.message}" for e in report.errors]
+    failing = report.failing
+    lines += [f"  {f.severity} {f.name} {f.key or f.file}: {f.message}" for f in failing[:MAX_LISTED]]
+    if len(failing) > MAX_LISTED:
+        lines.append(f"  ... and {len(failing) - MAX_LISTED} more (report.render('text') has them all)")
+    lines.append(tally_line(report))
+    return "\n".join(lines)

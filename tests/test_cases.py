@@ -54,10 +54,29 @@ def test_case(folder: Path, run) -> None:
         transfer = result.json["transfer"]
         if "score" in case["transfer"]:
             assert transfer["score"] == pytest.approx(case["transfer"]["score"])
+        if "expect" in case["transfer"]:
+            assert transfer["expect"] == case["transfer"]["expect"], transfer["expect_reason"]
         for stage, score in case["transfer"].get("by_stage", {}).items():
             assert transfer["by_stage"][stage]["score"] == pytest.approx(score), stage
     if "pairs_how" in case:
         assert Counter(p["how"] for p in result.json["pairs"]) == Counter(case["pairs_how"])
+    if "pairs_verdicts" in case:
+        assert Counter(p["verdict"] for p in result.json["pairs"]) == Counter(case["pairs_verdicts"])
+    _assert_honest_score(result.json)
+
+
+def _assert_honest_score(report: dict) -> None:
+    """Every stage row adds up to the total; a check that transfer rules fail never scores 100%."""
+    transfer = report["transfer"]
+    if transfer is None:
+        return
+    rows = transfer["by_stage"].values()
+    assert sum(row["parameters"] for row in rows) == transfer["parameters"]
+    assert sum(row["tensors"] for row in rows) == transfer["tensors"]
+    carried_as_errors = [f for f in report["findings"] if f["severity"] == "error"
+                         and f["name"] in ("not-transferred", "unmatched-target-key", "frozen-param-changed")]
+    if carried_as_errors:
+        assert transfer["score"] < 1.0
 
 
 def test_every_rule_has_a_firing_and_a_silent_case_and_complete_docs() -> None:

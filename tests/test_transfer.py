@@ -120,9 +120,13 @@ def test_report_fields_and_text_table(run) -> None:
     assert set(report["pairs"][0]) == {"file", "target", "pretrained", "how", "verdict", "evidence"}
     assert {p["verdict"] for p in report["pairs"]} == {"copied"}
     assert [f["role"] for f in report["files"]] == ["pretrained", "target"]
-    assert set(report["transfer"]) == {"score", "parameters", "by_stage", "by_module"}
+    assert set(report["transfer"]) == {"score", "parameters", "score_by_tensors", "tensors", "expect",
+                                       "expect_reason", "by_stage", "by_module", "by_file"}
     assert report["transfer"]["by_module"]["backbone.0.body.layer1.0.conv1"] == 1.0
     assert math.isclose(report["transfer"]["score"], 1.0)
+    assert set(report["transfer"]["by_file"][DETR]) == {
+        "expect", "expect_reason", "frozen", "frozen_reason", "scope", "outside_scope", "score", "parameters",
+        "score_by_tensors", "tensors"}
     text = run("check", DETR, "--pretrained", PRETRAINED, "--no-hash").out
     assert "Transfer: 100.0% of" in text and "layer4    100.0%" in text
 

@@ -27,6 +27,7 @@ SCOPES = {
     "pair": "pair",
     "unmatched-target": "tensor",
     "unused-pretrained": "tensor",
+    "transfer": "transfer",  # once per target checked against a pretrained file: its score, expectation
 }
 DOC_SECTIONS = ("what", "why", "example", "fix")
 REQUIRED = ("code", "name", "severity", "scope", "condition", "message", "docs")

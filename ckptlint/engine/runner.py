@@ -77,14 +77,15 @@ def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: 
     return findings
 
 
-def check_checkpoint(evaluator: Evaluator, checkpoint: Checkpoint, label: str,
+def check_checkpoint(evaluator: Evaluator, facts: CheckpointFacts, label: str,
                      references: Sequence[Reference] = (), progress: Progress | None = None) -> list[Finding]:
-    """Every enabled rule on ``checkpoint``, and on its relation to each reference (a pretrained
-    checkpoint, the model's code); findings name the file ``label``."""
-    facts = CheckpointFacts(checkpoint)
-    context = {"file": facts.file}
-    findings = evaluator.run_scope("file", facts.file, label, None, context)
-    findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, facts.file)
+    """Every enabled rule on a target checkpoint, and on its relation to each reference (a
+    pretrained checkpoint, the model's code); findings name the file ``label``."""
+    checkpoint = facts.checkpoint
+    file_facts = facts.file_facts("target")
+    context = {"file": file_facts}
+    findings = evaluator.run_scope("file", file_facts, label, None, context)
+    findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, file_facts)
     needs_values = any(evaluator.scoped(s) for s in ("tensor", "module", "pair", "unmatched-target"))
     if not (needs_values or references):
         return findings

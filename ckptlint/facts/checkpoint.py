@@ -6,8 +6,9 @@ from typing import Any, Callable, Iterator
 
 import networkx as nx
 
+from ckptlint.facts.lazy import LazyFacts, provides
 from ckptlint.facts.module import ModuleFacts
-from ckptlint.facts.tensor import TensorFacts
+from ckptlint.facts.tensor import TensorFacts, resembled_init
 from ckptlint.graph.build import build_module_graph, split_key
 from ckptlint.io.checkpoint import Checkpoint
 
@@ -18,16 +19,10 @@ class CheckpointFacts:
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.graph = build_module_graph(checkpoint.tensors)
-        self.file: dict[str, Any] = {
-            "path": checkpoint.path,
-            "format": checkpoint.format,
-            "layout": checkpoint.layout,
-            "tensor_count": len(checkpoint.tensors),
-            "parameter_count": checkpoint.parameter_count,
-            "bytes": checkpoint.total_bytes,
-            "stripped_prefix": checkpoint.stripped_prefix,
-            "pickle_global_count": len(checkpoint.pickle_globals),
-        }
+
+    def file_facts(self, role: str) -> FileFacts:
+        """``file.*`` for this checkpoint checked as ``role`` (target or pretrained)."""
+        return FileFacts(self, role)
 
     def tensor(self, key: str, extra: dict[str, Any] | None = None) -> TensorFacts:
         """Fresh facts for one tensor; callers keep them as long as they need them."""
@@ -47,3 +42,64 @@ class CheckpointFacts:
             extra = module_extra(path, data["tensors"]) if module_extra else {}
             yield ModuleFacts(path, data["kind"], data["tensors"], tensors.__getitem__, extra), tensors
 
+
+
+# A sample of the weights is enough to tell a trained file from a freshly initialised one.
+UNTRAINED_SAMPLE = 16
+UNTRAINED_MIN_ELEMENTS = 4096
+UNTRAINED_KINDS = ("conv", "linear", "embedding")
+
+
+class FileFacts(LazyFacts):
+    """``file.*`` in rules: what the file is, and, when a rule asks, whether its weights look
+    trained at all (a sample of its large weights fingerprinted, its BatchNorm statistics)."""
+
+    def __init__(self, facts: CheckpointFacts, role: str) -> None:
+        checkpoint = facts.checkpoint
+        super().__init__({
+            "path": checkpoint.path,
+            "role": role,
+            "format": checkpoint.format,
+            "layout": checkpoint.layout,
+            "tensor_count": len(checkpoint.tensors),
+            "parameter_count": checkpoint.parameter_count,
+            "bytes": checkpoint.total_bytes,
+            "stripped_prefix": checkpoint.stripped_prefix,
+            "pickle_global_count": len(checkpoint.pickle_globals),
+            "training_state": list(checkpoint.training_state),
+        })
+        self._facts = facts
+
+    def _untrained(self) -> None:
+        graph, checkpoint = self._facts.graph, self._facts.checkpoint
+        weights = [key for key, ref in checkpoint.tensors.items()
+                   if ref.dtype.is_float and len(ref.shape) >= 2 and ref.numel >= UNTRAINED_MIN_ELEMENTS
+                   and graph.nodes[split_key(key)[0]]["kind"] in UNTRAINED_KINDS]
+        step = max(1, len(weights) // UNTRAINED_SAMPLE)
+        sampled = weights[::step][:UNTRAINED_SAMPLE]
+        inits = []
+        for key in sampled:
+            tensor = self._facts.tensor(key)
+            inits.append(resembled_init(tensor))
+            tensor.release()
+        found = [init for init in inits if init]
+        bn = [path for path in graph if graph.nodes[path]["kind"] in ("batchnorm", "frozen_batchnorm")
+              and {"running_mean", "running_var"} <= set(graph.nodes[path]["tensors"])]
+        at_defaults = [path for path in bn if self._stats_at_defaults(path)]
+        self._cache.update({
+            "weights_sampled": len(sampled),
+            "weights_init_like": len(found),
+            "init_like_share": len(found) / len(sampled) if sampled else 0.0,
+            "init_names": sorted(set(found)),
+            "bn_modules": len(bn),
+            "bn_at_defaults": len(at_defaults),
+            "bn_default_share": len(at_defaults) / len(bn) if bn else 0.0,
+        })
+
+    def _stats_at_defaults(self, path: str) -> bool:
+        leaves = self._facts.graph.nodes[path]["tensors"]
+        mean, var = (self._facts.checkpoint.read(leaves[leaf]) for leaf in ("running_mean", "running_var"))
+        return bool((mean == 0).all() and (var == 1).all())
+
+    providers = provides("weights_sampled weights_init_like init_like_share init_names bn_modules "
+                         "bn_at_defaults bn_default_share", _untrained)

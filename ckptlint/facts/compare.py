@@ -56,7 +56,7 @@ def compare(target: np.ndarray, pretrained: np.ndarray, target_dtype: str, pretr
     t_flat, p_flat = target.reshape(-1), pretrained.reshape(-1)
     if target_dtype == pretrained_dtype and _same_bits(t_flat, p_flat):  # usual; every number known already
         return {"bit_equal": True, "equal_after_cast": False, "max_abs_error": 0.0, "rel_error": 0.0,
-                "cosine": 1.0, "std_ratio": 1.0}
+                "cosine": 1.0, "correlation": 1.0, "std_ratio": 1.0}
     equal_after_cast = (DTYPES[target_dtype].is_float and narrower(target_dtype, pretrained_dtype)
                         and round_to(p_flat[:1], target_dtype) is not None)
     sums = np.zeros(6)  # sum t, sum p, sum t^2, sum p^2, sum t*p, sum (t-p)^2
@@ -79,36 +79,59 @@ def compare(target: np.ndarray, pretrained: np.ndarray, target_dtype: str, pretr
     t_norm, p_norm = math.sqrt(tt), math.sqrt(pp)
     t_std = math.sqrt(max(tt / count - (t_sum / count) ** 2, 0.0)) if count else 0.0
     p_std = math.sqrt(max(pp / count - (p_sum / count) ** 2, 0.0)) if count else 0.0
+    covariance = tp / count - (t_sum / count) * (p_sum / count) if count else 0.0
+    # Rounding leaves a constant tensor a std of ~1e-17 times its mean: that is no spread.
+    t_spread = t_std if count and t_std > 1e-9 * abs(t_sum / count) else 0.0
+    p_spread = p_std if count and p_std > 1e-9 * abs(p_sum / count) else 0.0
     return {
         "bit_equal": False,
         "equal_after_cast": bool(equal_after_cast),
         "max_abs_error": max_abs,
         "rel_error": math.sqrt(dd) / p_norm if p_norm else (0.0 if not t_norm else math.inf),
         "cosine": tp / (t_norm * p_norm) if t_norm and p_norm else (1.0 if t_norm == p_norm else 0.0),
+        # Pearson: centred, so independent positive tensors near 1 (BatchNorm weights, variances)
+        # do not look alike the way their cosine says; None when a side is constant.
+        "correlation": max(-1.0, min(1.0, covariance / (t_spread * p_spread))) if t_spread and p_spread else None,
         "std_ratio": t_std / p_std if p_std else (1.0 if not t_std else math.inf),
     }
 
 
 def shape_cause(target: np.ndarray | None, pretrained: np.ndarray | None,
-                t_shape: tuple[int, ...], p_shape: tuple[int, ...]) -> tuple[str, str]:
-    """(kind, explanation) of a shape change, using the values where they decide."""
+                t_shape: tuple[int, ...], p_shape: tuple[int, ...]) -> tuple[str, str, bool]:
+    """(kind, explanation, slice_equal) of a shape change, using the values where they decide.
+
+    ``slice_equal``: the target equals the pretrained tensor's leading slice, even where the values
+    (all equal) cannot prove that this is what happened; a module's other tensors may prove it.
+    """
+    slice_equal = False
     if len(t_shape) != len(p_shape):
-        return "rank", f"rank changed {list(p_shape)} -> {list(t_shape)}"
+        return "rank", f"rank changed {list(p_shape)} -> {list(t_shape)}", slice_equal
     differs = [i for i, (a, b) in enumerate(zip(t_shape, p_shape, strict=True)) if a != b]
     if differs == [1] and len(t_shape) >= 3:
         if target is not None and pretrained is not None and _is_adapt_input_conv(target, pretrained):
             return ("adapt_input_conv", f"input channels {p_shape[1]} -> {t_shape[1]} by repeating and "
-                    "rescaling the pretrained filters (timm's adapt_input_conv): a known adaptation")
-        return "input_channels", f"input channels changed {p_shape[1]} -> {t_shape[1]}"
+                    "rescaling the pretrained filters (timm's adapt_input_conv): a known adaptation", slice_equal)
+        return "input_channels", f"input channels changed {p_shape[1]} -> {t_shape[1]}", slice_equal
     if differs and min(differs) >= 2:
-        return "kernel_resized", f"kernel resized {list(p_shape[2:])} -> {list(t_shape[2:])} (interpolated?)"
+        return ("kernel_resized", f"kernel resized {list(p_shape[2:])} -> {list(t_shape[2:])} (interpolated?)",
+                slice_equal)
     if all(a <= b for a, b in zip(t_shape, p_shape, strict=True)):
         if target is not None and pretrained is not None:
             sliced = pretrained[tuple(slice(0, n) for n in t_shape)]
-            if np.array_equal(sliced, target):
-                return "sliced", f"channels sliced {list(p_shape)} -> {list(t_shape)} (the first ones kept)"
-        return "smaller", f"shape shrank {list(p_shape)} -> {list(t_shape)}"
-    return "other", f"shape changed {list(p_shape)} -> {list(t_shape)}"
+            slice_equal = bool(np.array_equal(sliced, target))
+            # Equal constants (a zero-initialised bias) prove nothing about which rows were kept.
+            if slice_equal and sliced.size > 1 and np.ptp(sliced) > 0:
+                return "sliced", sliced_cause(t_shape, p_shape), slice_equal
+        return "smaller", shrank_cause(t_shape, p_shape), slice_equal
+    return "other", f"shape changed {list(p_shape)} -> {list(t_shape)}", slice_equal
+
+
+def sliced_cause(t_shape: tuple[int, ...], p_shape: tuple[int, ...]) -> str:
+    return f"channels sliced {list(p_shape)} -> {list(t_shape)} (the first ones kept)"
+
+
+def shrank_cause(t_shape: tuple[int, ...], p_shape: tuple[int, ...]) -> str:
+    return f"shape shrank {list(p_shape)} -> {list(t_shape)}"
 
 
 def _is_adapt_input_conv(target: np.ndarray, pretrained: np.ndarray) -> bool:

@@ -9,18 +9,21 @@ import numpy as np
 
 from ckptlint.facts.compare import compare, narrower, shape_cause
 from ckptlint.facts.lazy import LazyFacts, provides
-from ckptlint.facts.tensor import TensorFacts
+from ckptlint.facts.tensor import TensorFacts, resembled_init
 from ckptlint.graph.align import Pair
 
-VERDICTS = ("copied", "cast", "modified", "resized", "reinitialized", "unrelated", "missing")
-COMPARISON = ("bit_equal equal_after_cast max_abs_error rel_error cosine std_ratio verdict init "
-              "within_drift shape_cause shape_cause_kind histogram")
+VERDICTS = ("copied", "cast", "fine-tuned", "modified", "resized", "reinitialized", "unrelated", "missing")
+CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
+COMPARISON = ("bit_equal equal_after_cast max_abs_error rel_error cosine correlation std_ratio verdict init "
+              "within_drift shape_cause shape_cause_kind slice_equal histogram")
 HISTOGRAM_VERDICTS = ("reinitialized", "modified", "unrelated")
 HISTOGRAM_BINS = 24
-STAGE = re.compile(r"^(?:(conv1|bn1)\.|(layer\d+)\.)")
-# What an init must look like for a differing tensor to count as re-initialised.
-INIT_STD_TOLERANCE = 0.1
-MODIFIED_MIN_COSINE = 0.5
+# A ResNet stage anywhere in a torchvision-named key (``resnet.conv1.weight`` is the stem too).
+STAGE = re.compile(r"(?:^|\.)(?:(conv1|bn1)|(layer\d+))\.")
+MODIFIED_MIN_CORRELATION = 0.5
+# When one side is constant there is no correlation; closeness alone then says "it moved".
+CONSTANT_MAX_REL_ERROR = 0.5
+COUNTER_LEAF = "num_batches_tracked"  # a step counter, not a weight: never decides a verdict's severity
 
 
 def _histograms(target: np.ndarray, pretrained: np.ndarray) -> dict[str, list[float]] | None:
@@ -41,7 +44,7 @@ def _histograms(target: np.ndarray, pretrained: np.ndarray) -> dict[str, list[fl
 
 def stage_of(canonical: str) -> str:
     """ResNet stage of a torchvision-named key: stem, layer1..layer4, or other."""
-    match = STAGE.match(canonical)
+    match = STAGE.search(canonical)
     if not match:
         return "other"
     return "stem" if match.group(1) else match.group(2)
@@ -55,12 +58,15 @@ class PairFacts(LazyFacts):
         super().__init__({
             "reference": reference,  # "pretrained" (a transfer) or "model" (the model's own code)
             "target": pair.target,
+            "leaf": pair.target.rpartition(".")[2],
+            "is_counter": pair.target.rpartition(".")[2] == COUNTER_LEAF,
             "pretrained": pair.pretrained,
             "how": pair.how,
             "canonical": pair.canonical,
             "stage": stage_of(pair.canonical),
             "expect": expect,
             "frozen": frozen,
+            "frozen_by": None,
             "max_drift": max_drift,
             "shape_equal": target["shape"] == pretrained["shape"],
             "target_shape": target["shape"],
@@ -81,14 +87,17 @@ class PairFacts(LazyFacts):
             facts["verdict"], facts["init"] = self._verdict(facts)
         else:
             facts["verdict"] = "resized"
-            facts["shape_cause_kind"], facts["shape_cause"] = shape_cause(
+            facts["shape_cause_kind"], facts["shape_cause"], facts["slice_equal"] = shape_cause(
                 t_values, p_values, tuple(self["target_shape"]), tuple(self["pretrained_shape"]))
-        facts["within_drift"] = facts["verdict"] in ("copied", "cast") or (
-            facts["verdict"] == "modified" and facts["rel_error"] <= self["max_drift"])
+        facts["within_drift"] = self._within_drift(facts["verdict"], facts["rel_error"])
         if facts["verdict"] in HISTOGRAM_VERDICTS:
             facts["histogram"] = _histograms(t_values, p_values)
         self.pretrained_facts.release()  # the runner releases the target side with its module
         self._cache.update(facts)
+
+    def _within_drift(self, verdict: str, rel_error: float | None) -> bool:
+        return verdict in CARRIED or (verdict == "modified" and rel_error is not None
+                                      and rel_error <= self["max_drift"])
 
     def _verdict(self, facts: dict[str, Any]) -> tuple[str, str | None]:
         if facts["bit_equal"]:
@@ -98,24 +107,34 @@ class PairFacts(LazyFacts):
         target, pretrained = self.target_facts, self.pretrained_facts
         if target["is_constant"] and not pretrained["is_constant"]:
             return "reinitialized", f"constant {target['min']:g}"  # BatchNorm's 1/0 defaults
-        if facts["cosine"] >= MODIFIED_MIN_COSINE:
+        if facts["correlation"] is None:
+            related = facts["rel_error"] <= CONSTANT_MAX_REL_ERROR
+        else:
+            related = facts["correlation"] >= MODIFIED_MIN_CORRELATION
+        if related:
             return "modified", None  # still correlated with the pretrained values: it moved
-        init = self._init_resembled()
+        init = resembled_init(target)
         return ("reinitialized", init) if init else ("unrelated", None)
 
-    def _init_resembled(self) -> str | None:
-        target = self.target_facts
-        if not target["is_float"] or target["ndim"] < 2:
-            return None
-        best = target["init_best"]
-        if best and best["ks"] <= best["ks_critical"] and abs(best["std_ratio"] - 1) <= INIT_STD_TOLERANCE:
-            return str(best["name"])
-        return None
+    def settle(self, expect: str, frozen_by: str | None) -> None:
+        """Fix the expectation the transfer was judged under (decided from all pairs at once),
+        whether training left this tensor frozen (and why we think so), and what that makes of a
+        drifted tensor: ``fine-tuned`` when training may move it."""
+        frozen = frozen_by is not None
+        self._cache.update(expect=expect, frozen=frozen, frozen_by=frozen_by)
+        if expect == "finetuned" and not frozen and self["verdict"] == "modified" \
+                and self["rel_error"] <= self["max_drift"]:
+            self._cache["verdict"] = "fine-tuned"
+        self._cache["within_drift"] = self._within_drift(self["verdict"], self["rel_error"])
+
+    def revise_cause(self, kind: str, explanation: str) -> None:
+        """Replace a shape change's cause with the one its whole module supports."""
+        self._cache.update(shape_cause_kind=kind, shape_cause=explanation)
 
     providers = provides(COMPARISON, _compare)
 
     def summary(self) -> dict[str, Any]:
         """What the JSON report keeps of a pair."""
-        keys = ("bit_equal", "equal_after_cast", "max_abs_error", "rel_error", "cosine", "std_ratio",
-                "init", "shape_cause")
+        keys = ("bit_equal", "equal_after_cast", "max_abs_error", "rel_error", "cosine", "correlation",
+                "std_ratio", "init", "shape_cause")
         return {k: self[k] for k in keys if self[k] is not None}

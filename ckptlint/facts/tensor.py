@@ -18,6 +18,8 @@ CONSTANCY = "is_constant"
 EXTREMES = "count min max abs_max"
 MOMENTS = "mean std kurtosis zero_fraction"
 INIT = "init_fits init_best"
+# What an init must look like, besides passing the fingerprint, for a weight to be called fresh.
+INIT_STD_TOLERANCE = 0.1
 
 
 class TensorFacts(LazyFacts):
@@ -45,6 +47,7 @@ class TensorFacts(LazyFacts):
             "fan_in": fan_in,
             "fan_out": fan_out,
             "paired": False,
+            "transfer_role": None,  # with --pretrained: paired, unmatched (in scope) or outside-scope
             **(extra or {}),
         })
         self._read = read
@@ -85,3 +88,14 @@ _GROUP_FUNCTIONS: dict[str, Callable[[np.ndarray, TensorFacts], dict[str, Any]]]
     "moments": lambda values, _: moments(values),
     "init": _init_facts,
 }
+
+
+def resembled_init(facts: TensorFacts) -> str | None:
+    """The default initialisation a float weight's values are drawn from, if any (None for
+    vectors: too few values to tell)."""
+    if not facts["is_float"] or facts["ndim"] < 2:
+        return None
+    best = facts["init_best"]
+    if best and best["ks"] <= best["ks_critical"] and abs(best["std_ratio"] - 1) <= INIT_STD_TOLERANCE:
+        return str(best["name"])
+    return None

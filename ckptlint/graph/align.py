@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from ckptlint.graph.schemes import schemes
+from ckptlint.graph.schemes import canonical_name, schemes
 from ckptlint.io.checkpoint import TensorRef
 
 MIN_SUFFIX_PARTS = 2  # "weight" alone says nothing; "conv1.weight" starts to
@@ -48,6 +48,7 @@ class Alignment:
     unused_pretrained: list[str]
     ambiguous: dict[str, list[str]] = field(default_factory=dict)  # target -> candidates
     prefix: tuple[str, str] = ("", "")  # (target side, pretrained side) when inferred
+    maps_used: set[tuple[str, str]] = field(default_factory=set)  # user maps that paired something
 
 
 def _suffixes(key: str) -> list[tuple[str, str]]:
@@ -119,23 +120,19 @@ class _Matcher:
                     self.take(t, p, how or "prefix", relative)
 
 
-def _canonical(key: str) -> str:
-    for scheme in schemes():
-        key = scheme.canonical(key)
-    return key
-
-
 def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
           user_maps: Sequence[tuple[str, str]] = (), scope: str | None = None,
           read_target: Callable[[str], bytes] | None = None,
           read_pretrained: Callable[[str], bytes] | None = None) -> Alignment:
     """Pair target keys with pretrained keys; see the module docstring for the order."""
     match = _Matcher(list(target), list(pretrained))
+    maps_used = set()
     for old, new in user_maps:
         for t in [k for k in match.left_t if k.startswith(old)]:
             p = new + t[len(old):]
             if p in match.left_p:
-                match.take(t, p, "user-map", _canonical(t[len(old):]))
+                match.take(t, p, "user-map", canonical_name(p))
+                maps_used.add((old, new))
     match.by_names(lambda k: k, "")
     for scheme in schemes():
         if any(scheme.canonical(k) != k for k in (*match.left_t, *match.left_p)):
@@ -146,7 +143,7 @@ def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
     if scope is None:
         scope = _infer_scope([p.target for p in match.pairs])
     in_scope = [k for k in match.left_t if not scope or k.startswith(scope + ".")]
-    return Alignment(match.pairs, scope, in_scope, list(match.left_p), ambiguous, match.prefix)
+    return Alignment(match.pairs, scope, in_scope, list(match.left_p), ambiguous, match.prefix, maps_used)
 
 
 def _telling_suffixes(key: str) -> list[str]:
@@ -175,7 +172,7 @@ def _match_suffixes(match: _Matcher, target: Mapping[str, TensorRef],
     ambiguous: dict[str, list[str]] = {}
     for key, candidates in claims.items():
         if len(candidates) == 1 and claimed_by[candidates[0]] == 1:
-            match.take(key, candidates[0], "suffix", _canonical(candidates[0]))
+            match.take(key, candidates[0], "suffix", canonical_name(candidates[0]))
         else:
             ambiguous[key] = sorted(candidates)
     return ambiguous
@@ -197,7 +194,7 @@ def _match_content(match: _Matcher, target: Mapping[str, TensorRef], pretrained:
             digest = hashlib.blake2b(read_target(key), digest_size=16).hexdigest()
             candidates = [c for c in by_hash.get(digest, []) if c in match.left_p]
             if len(candidates) == 1:
-                match.take(key, candidates[0], "content", _canonical(candidates[0]))
+                match.take(key, candidates[0], "content", canonical_name(candidates[0]))
 
 
 def _infer_scope(paired_targets: list[str]) -> str:

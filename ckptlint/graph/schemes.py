@@ -38,3 +38,10 @@ def schemes() -> tuple[Scheme, ...]:
                                     for rule in entry["rules"]))
         for entry in tomllib.loads(text)["scheme"]
     )
+
+
+def canonical_name(key: str) -> str:
+    """The key with every naming scheme applied: torchvision names where a scheme knows them."""
+    for scheme in schemes():
+        key = scheme.canonical(key)
+    return key

@@ -107,6 +107,7 @@ class Checkpoint:
     pickle_globals: list[PickleGlobal] = field(default_factory=list)
     stripped_prefix: str = ""  # wrapper prefix removed from every key (``module.``)
     metadata: dict[str, str] = field(default_factory=dict)
+    training_state: tuple[str, ...] = ()  # what a training loop saved beside the weights (optimizer, epoch, ...)
     bytes_read: int = 0
     _handles: dict[str, BinaryIO] = field(default_factory=dict, repr=False)
     _sha256: str | None = field(default=None, repr=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from ckptlint.errors import CheckpointError, LfsPointerError
 from ckptlint.io.checkpoint import Checkpoint, FileInfo
@@ -11,6 +12,7 @@ from ckptlint.io.layout import select_prefix, strip_prefixes
 from ckptlint.io.safetensors_file import read_safetensors
 from ckptlint.io.torch_legacy import read_torch_legacy
 from ckptlint.io.torch_zip import read_torch_zip
+from ckptlint.io.training_state import training_state_beside
 
 # What a Hugging Face model folder holds, most preferred first.
 HF_WEIGHT_FILES = (
@@ -48,7 +50,9 @@ def _open_folder(path: str, key_path: str | None) -> Checkpoint:
     for name in HF_WEIGHT_FILES:
         candidate = os.path.join(path, name)
         if os.path.isfile(candidate):
-            return open_checkpoint(candidate, key_path)
+            checkpoint = open_checkpoint(candidate, key_path)
+            checkpoint.training_state += training_state_beside(Path(path))
+            return checkpoint
     raise CheckpointError(f"directory holds no checkpoint (looked for {', '.join(HF_WEIGHT_FILES)})", path)
 
 

@@ -20,8 +20,8 @@ def report_data(report: Report) -> dict[str, Any]:
         "findings": [asdict(f) for f in report.findings],
         "errors": [asdict(e) for e in report.errors],
         "suppressed": [asdict(f) for f in report.suppressed],
-        **({"pairs": [asdict(p) for p in report.pairs], "transfer": report.transfer}
-           if report.transfer is not None else {}),
+        "pairs": [asdict(p) for p in report.pairs],
+        "transfer": report.transfer,
     }
 
 

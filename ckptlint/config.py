@@ -143,8 +143,9 @@ def _validate(settings: dict[str, Any], source: str | None) -> None:
         if settings.get("expect") not in (None, "auto"):
             given.insert(0, "expect")
         if given:
-            raise ConfigError(f"{', '.join(given)} compare with a pretrained checkpoint, but none was given "
-                              "(--pretrained FILE, or pretrained = ... in the configuration)", source)
+            verb = "means" if len(given) == 1 else "mean"
+            raise ConfigError(f"{', '.join(given)} only {verb} something against a pretrained checkpoint, and none "
+                              "was given (--pretrained FILE, or pretrained = ... in the configuration)", source)
     for name, low, high in (("max-drift", 0.0, None), ("min-score", 0.0, 100.0)):
         value = settings.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -21,6 +22,10 @@ HISTOGRAM_BINS = 24
 # A ResNet stage anywhere in a torchvision-named key (``resnet.conv1.weight`` is the stem too).
 STAGE = re.compile(r"(?:^|\.)(?:(conv1|bn1)|(layer\d+))\.")
 MODIFIED_MIN_CORRELATION = 0.5
+# ... and significantly so: the correlation's t statistic r * sqrt(n - 2) / sqrt(1 - r^2) (p < 0.001
+# from about ten values on). Four independent BatchNorm channels correlate by 0.75 by chance; a
+# fine-tuned tensor of any size correlates by 0.99 and more.
+MODIFIED_MIN_T = 4.0
 # When one side is constant there is no correlation; closeness alone then says "it moved".
 CONSTANT_MAX_REL_ERROR = 0.5
 COUNTER_LEAF = "num_batches_tracked"  # a step counter, not a weight: never decides a verdict's severity
@@ -40,6 +45,16 @@ def _histograms(target: np.ndarray, pretrained: np.ndarray) -> dict[str, list[fl
     return {"edges": [float(e) for e in edges],
             "target": [int(c) for c in np.histogram(t, edges)[0]],
             "pretrained": [int(c) for c in np.histogram(p, edges)[0]]}
+
+
+def related_values(correlation: float | None, count: int, rel_error: float) -> bool:
+    """Whether differing values still derive from the pretrained ones (changed, not replaced)."""
+    if correlation is None or count <= 2:  # a constant side, or too few values to correlate
+        return rel_error <= CONSTANT_MAX_REL_ERROR
+    if correlation >= 1.0:
+        return True
+    t = correlation * math.sqrt(count - 2) / math.sqrt(1 - correlation * correlation)
+    return correlation >= MODIFIED_MIN_CORRELATION and t >= MODIFIED_MIN_T
 
 
 def stage_of(canonical: str) -> str:
@@ -107,11 +122,7 @@ class PairFacts(LazyFacts):
         target, pretrained = self.target_facts, self.pretrained_facts
         if target["is_constant"] and not pretrained["is_constant"]:
             return "reinitialized", f"constant {target['min']:g}"  # BatchNorm's 1/0 defaults
-        if facts["correlation"] is None:
-            related = facts["rel_error"] <= CONSTANT_MAX_REL_ERROR
-        else:
-            related = facts["correlation"] >= MODIFIED_MIN_CORRELATION
-        if related:
+        if related_values(facts["correlation"], self["numel"], facts["rel_error"]):
             return "modified", None  # still correlated with the pretrained values: it moved
         init = resembled_init(target)
         return ("reinitialized", init) if init else ("unrelated", None)

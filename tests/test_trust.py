@@ -1,0 +1,197 @@
+"""The verdict can be trusted: options that would do nothing are usage errors, failures are
+visible, the score is honest and adds up, similarity is centred, causes are consistent, and the
+report leads with what matters."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+import ckptlint
+from ckptlint.errors import ConfigError
+from ckptlint.facts.compare import compare
+from conftest import CASES, FIXTURES
+
+PRETRAINED = str(FIXTURES / "models" / "resnet50_tiny.pth")
+SELECTIVE = str(CASES / "transfer-selective" / "detr.pth")
+DETR = str(CASES / "detr-training-checkpoint" / "checkpoint.pth")
+HF_DETR = str(CASES / "transfer-hf-naming" / "model.safetensors")
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scope", "backbone.0.bdy"], "--scope backbone.0.bdy: no module of that name in .* \\(did you mean 'backbone.0.body'\\?\\)"),
+    (["--scope", "nonexistent.module"], "--scope nonexistent.module: no module of that name"),
+    (["--map", "backbone.bdy.="], "--map backbone.bdy.=: no key of .* starts with 'backbone.bdy.'"),
+    (["--map", "backbone.0.body.=resnet."], "--map backbone.0.body.=resnet.: no key of .*resnet50_tiny.pth starts with"),
+    (["--preset", "hf-detr"], "--preset hf-detr: .* has none of its backbone modules .*did you mean --preset detr\\?"),
+])
+def test_options_that_match_nothing_are_usage_errors(run, args: list[str], message: str) -> None:
+    result = run("check", SELECTIVE, "--pretrained", PRETRAINED, *args)
+    assert result.code == 2 and result.out == ""
+    assert len(result.err.splitlines()) == 1 and "Traceback" not in result.err
+    assert re.search(message, result.err), result.err
+
+
+def test_an_hf_preset_on_original_detr_keys_and_back(run) -> None:
+    result = run("check", HF_DETR, "--pretrained", PRETRAINED, "--preset", "detr")
+    assert result.code == 2 and "did you mean --preset hf-detr?" in result.err
+    assert run("check", HF_DETR, "--pretrained", PRETRAINED, "--preset", "hf-detr").code == 0
+
+
+@pytest.mark.parametrize("args", [["--expect", "finetuned"], ["--scope", "backbone"], ["--min-score", "90"],
+                                  ["--preset", "detr"], ["--map", "a.=b."]])
+def test_transfer_options_without_pretrained_are_usage_errors(run, args: list[str]) -> None:
+    result = run("check", SELECTIVE, *args)
+    assert result.code == 2 and "only means something against a pretrained checkpoint" in result.err
+
+
+def test_the_same_errors_from_lint_and_configuration(tmp_path: Path, run) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'error'"):
+        ckptlint.lint(SELECTIVE, fail_on="eror")
+    with pytest.raises(ConfigError, match="expect only means something against a pretrained"):
+        ckptlint.lint(SELECTIVE, expect="finetuned")
+    with pytest.raises(ConfigError, match="--scope backbone.0.bdy"):
+        ckptlint.lint(SELECTIVE, PRETRAINED, scope="backbone.0.bdy")
+    config = tmp_path / "ckptlint.toml"
+    config.write_text('expect = "finetuned"\n')
+    result = run("check", SELECTIVE, "--config", str(config))
+    assert result.code == 2 and "expect only means something" in result.err
+    config.write_text(f'pretrained = "{PRETRAINED}"\nmaps = {{ "backbone.bdy." = "" }}\n')
+    assert run("check", SELECTIVE, "--config", str(config)).code == 2
+
+
+def test_an_unreadable_pretrained_file_is_an_error_and_the_targets_are_still_checked(run, tmp_path: Path) -> None:
+    broken = tmp_path / "resnet50.pth"
+    broken.write_bytes(Path(PRETRAINED).read_bytes()[:4000])
+    result = run("check", SELECTIVE, "--pretrained", str(broken), "--format", "json", "--no-hash")
+    assert result.code == 2 and str(broken) in result.err
+    report = result.json
+    assert [e["file"] for e in report["errors"]] == [str(broken)]
+    assert [f["path"] for f in report["files"]] == [SELECTIVE]
+    assert report["transfer"] is None and report["pairs"] == []
+    assert {f["name"] for f in report["findings"]} == {"suspicious-init-scale", "default-bn-stats"}
+    text = run("check", SELECTIVE, "--pretrained", str(broken)).out
+    assert "Transfer:" not in text and text.startswith("FAILED: 1 file could not be read")
+
+
+def test_json_always_has_pairs_and_transfer(run) -> None:
+    report = run("check", DETR, "--format", "json", "--no-hash").json
+    assert report["pairs"] == [] and report["transfer"] is None
+
+
+def test_findings_lead_with_the_most_severe(run) -> None:
+    findings = run("check", SELECTIVE, "--pretrained", PRETRAINED, "--format", "json", "--no-hash").json["findings"]
+    ranks = [("info", "warning", "error").index(f["severity"]) for f in findings if f["file"] == SELECTIVE]
+    assert ranks == sorted(ranks, reverse=True) and ranks[0] == 2 and ranks[-1] == 0
+    errors = [f["key"] for f in findings if f["severity"] == "error"]
+    assert errors == sorted(errors)
+
+
+def test_a_report_written_to_a_file_still_says_how_it_went(run, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = run("check", SELECTIVE, "--pretrained", PRETRAINED, "--format", "html", "-o", str(out))
+    assert result.code == 1 and result.out == ""
+    assert result.err.startswith("ckptlint: FAILED: 50 findings at or above error (not-transferred x50); 50 errors")
+    assert str(out) in result.err and out.stat().st_size > 0
+    clean = run("check", DETR, "--pretrained", PRETRAINED, "--format", "json", "-o", str(tmp_path / "r.json"))
+    assert clean.code == 0 and "FAILED" not in clean.err and "0 errors" in clean.err
+
+
+def test_text_header_says_why_a_check_fails_and_floors_the_score(run) -> None:
+    text = run("check", SELECTIVE, "--pretrained", PRETRAINED).out
+    assert text.splitlines()[0] == "FAILED: 50 findings at or above error (not-transferred x50)"
+    assert "judged as a copy of the pretrained backbone backbone.0.body" in text
+    assert "outside the transfer scope, expected to be new (not judged as fresh init): bbox_embed, class_embed, " \
+           "input_proj, query_embed, transformer" in text
+    assert not run("check", DETR, "--pretrained", PRETRAINED).out.startswith("FAILED")
+
+
+@pytest.mark.parametrize(("score", "shown"), [(0.99949, "99.9%"), (0.9999999, "99.9%"), (1.0, "100.0%"),
+                                              (0.5, "50.0%"), (0.0, "0.0%"), (0.123456, "12.3%")])
+def test_percent_is_rounded_down(score: float, shown: str) -> None:
+    from ckptlint.report.text import percent
+    assert percent(score) == shown
+
+
+def test_independent_positive_tensors_are_not_called_modified() -> None:
+    """Independent BatchNorm weights and variances (all positive, near 1) have a cosine near 1;
+    their centred correlation is near 0, so a wrong pretrained file is not "modified"."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = (1 + 0.2 * rng.standard_normal(256)).astype(np.float32), (1 + 0.2 * rng.standard_normal(256)).astype(np.float32)
+        numbers = compare(a, b, "float32", "float32")
+        assert numbers["cosine"] > 0.9 and abs(numbers["correlation"]) < 0.3
+    drifted = b + 0.01 * rng.standard_normal(256).astype(np.float32)
+    assert compare(drifted, b, "float32", "float32")["correlation"] > 0.99
+    assert compare(np.ones(8, np.float32), b[:8], "float32", "float32")["correlation"] is None
+
+
+def test_a_wrong_pretrained_file_gives_errors_even_under_fine_tuning() -> None:
+    gen = _generator()
+    other = gen.resnet50_state_dict(seed=7)  # same architecture, independent values
+    report = ckptlint.lint(DETR, other, expect="finetuned")
+    verdicts = {p.verdict for p in report.pairs}
+    assert "modified" not in verdicts and "fine-tuned" not in verdicts
+    bn = [p for p in report.pairs if p.target.endswith((".running_var", "bn1.weight"))]
+    assert bn and {p.verdict for p in bn} <= {"unrelated", "reinitialized"}
+    assert not report.ok and {f.severity for f in report.findings if f.name == "not-transferred"} == {"error"}
+
+
+def test_step_counters_never_decide_the_exit_code() -> None:
+    gen = _generator()
+    pretrained = gen.resnet50_state_dict(seed=0)
+    target = OrderedDict((k, torch.zeros_like(v) if k.endswith("num_batches_tracked") else v.clone())
+                         for k, v in pretrained.items())
+    report = ckptlint.lint(target, pretrained)
+    counters = [f for f in report.findings if f.key and f.key.endswith("num_batches_tracked")]
+    assert len(counters) == 53 and {f.severity for f in counters} == {"info"}
+    assert report.ok and report.transfer["score"] == 1.0
+
+
+def _stage_rows(report) -> dict:
+    transfer = report.transfer
+    assert sum(r["parameters"] for r in transfer["by_stage"].values()) == transfer["parameters"]
+    return transfer["by_stage"]
+
+
+def test_stage_rows_add_up_under_a_map_and_with_hugging_face_names(tmp_path: Path) -> None:
+    gen = _generator()
+    backbone = gen.resnet50_state_dict(seed=0)
+    hf = {f"resnet.{gen.hf_resnet_name(k)}": v.contiguous() for k, v in backbone.items() if not k.startswith("fc.")}
+    hf_file = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(hf, hf_file)
+    rows = _stage_rows(ckptlint.lint(DETR, str(hf_file)))
+    assert list(rows) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    mapped = ckptlint.lint(DETR, PRETRAINED, maps={"backbone.0.body.layer4.": "layer3."})
+    rows = _stage_rows(mapped)
+    assert rows["layer3"]["verdicts"].get("resized", 0) > 0 and "other" not in rows
+
+
+def test_a_module_gets_one_cause_for_its_resized_tensors() -> None:
+    """A classifier head re-created for fewer classes: a zero bias equals the leading slice of a
+    zero bias, but proves nothing; weight and bias share the weight's cause."""
+    rng = np.random.default_rng(1)
+    pretrained = {"head.weight": rng.standard_normal((11, 64)).astype(np.float32),
+                  "head.bias": np.zeros(11, np.float32), "body.weight": rng.standard_normal((64, 64)).astype(np.float32)}
+    fresh = {"head.weight": rng.standard_normal((3, 64)).astype(np.float32), "head.bias": np.zeros(3, np.float32),
+             "body.weight": pretrained["body.weight"].copy()}
+    causes = {p.target: p.evidence["shape_cause"] for p in ckptlint.lint(fresh, pretrained).pairs if p.verdict == "resized"}
+    assert causes == {"head.weight": "shape shrank [11, 64] -> [3, 64]", "head.bias": "shape shrank [11] -> [3]"}
+    sliced = dict(fresh, **{"head.weight": pretrained["head.weight"][:3].copy()})
+    causes = {p.target: p.evidence["shape_cause"] for p in ckptlint.lint(sliced, pretrained).pairs if p.verdict == "resized"}
+    assert causes == {"head.weight": "channels sliced [11, 64] -> [3, 64] (the first ones kept)",
+                      "head.bias": "channels sliced [11] -> [3] (the first ones kept)"}

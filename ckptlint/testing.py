@@ -6,7 +6,8 @@ from typing import Any
 
 from ckptlint.model import Report
 from ckptlint.python_api import lint
-from ckptlint.report.text import percent, tally_line
+from ckptlint.report.numbers import percent
+from ckptlint.report.text import tally_line
 
 MAX_LISTED = 20  # failing findings named in the message; the rest are counted
 

@@ -123,7 +123,7 @@ def test_text_header_says_why_a_check_fails_and_floors_the_score(run) -> None:
 @pytest.mark.parametrize(("score", "shown"), [(0.99949, "99.9%"), (0.9999999, "99.9%"), (1.0, "100.0%"),
                                               (0.5, "50.0%"), (0.0, "0.0%"), (0.123456, "12.3%")])
 def test_percent_is_rounded_down(score: float, shown: str) -> None:
-    from ckptlint.report.text import percent
+    from ckptlint.report.numbers import percent
     assert percent(score) == shown
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ckptlint.model import SEVERITIES, Report
+from ckptlint.report.numbers import percent
 
 COMMANDS = {"error": "error", "warning": "warning", "info": "notice"}
 
@@ -38,8 +39,9 @@ def render_step_summary(report: Report) -> str:
              (f" · {len(report.errors)} unreadable" if report.errors else "") +
              (f" · {len(report.suppressed)} in baseline" if report.suppressed else ""), ""]
     if report.transfer is not None:
-        lines += [f"Transfer score: **{report.transfer['score']:.1%}**", "", "| stage | score |", "| --- | --- |"]
-        lines += [f"| {stage} | {row['score']:.1%} |" for stage, row in report.transfer["by_stage"].items()]
+        lines += [f"Transfer score: **{percent(report.transfer['score'])}** (judged as {report.transfer['expect']})",
+                  "", "| stage | score |", "| --- | --- |"]
+        lines += [f"| {stage} | {percent(row['score'])} |" for stage, row in report.transfer["by_stage"].items()]
         lines.append("")
     worst = sorted(report.failing, key=lambda f: f.sort_key())[:20]
     if worst:

@@ -13,9 +13,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 import ckptlint
 from ckptlint.model import SEVERITIES, Report
+from ckptlint.report.numbers import percent
 
 # Worst first: a module shows the worst verdict among its tensors.
-VERDICT_ORDER = ("missing", "unrelated", "reinitialized", "resized", "modified", "cast", "copied")
+VERDICT_ORDER = ("missing", "unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
 HISTOGRAM_WIDTH, HISTOGRAM_HEIGHT = 240, 60
 
 def _number(value: Any) -> Any:
@@ -30,6 +31,7 @@ def _number(value: Any) -> Any:
 _ENVIRONMENT = Environment(loader=PackageLoader("ckptlint.report", "templates"), autoescape=True,
                            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 _ENVIRONMENT.filters["number"] = _number
+_ENVIRONMENT.filters["percent"] = percent
 
 
 def _worst(verdicts: list[str]) -> str:

@@ -3,23 +3,11 @@ first), how each transfer was judged, the transfer score, then a one-line summar
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from typing import Any
 
 from ckptlint.model import SEVERITIES, Finding, Report
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def percent(score: float) -> str:
-    """A score as a percentage rounded down: 99.95% reads 99.9%, never 100.0%."""
-    return f"{math.floor(round(score * 1000, 6)) / 10:.1f}%"
+from ckptlint.report.numbers import human_count, percent
 
 
 def _finding_line(finding: Finding) -> str:

@@ -18,7 +18,7 @@ def _finding_line(finding: Finding) -> str:
 def _judgement_lines(described: dict[str, Any]) -> list[str]:
     """How a target's transfer was judged: the expectation and why, what was frozen, and the
     modules outside the scope that are expected to be new."""
-    expect = "fine-tuned" if described["expect"] == "finetuned" else "a copy"
+    expect = "a fine-tuned descendant" if described["expect"] == "finetuned" else "a copy"
     lines = [f"  judged as {expect} of the pretrained backbone {described['scope'] or '(the whole model)'}: "
              f"{described['expect_reason']}"]
     if described["frozen_reason"]:

@@ -86,6 +86,12 @@ def _validated(config: Config) -> Config:
         if not isinstance(target, dict) or "glob" not in target:
             raise ConfigError(f"targets[{index}] needs a glob", config.path)
         check_setting_names(target, PER_TARGET | {"glob"}, f"targets[{index}]", config.path)
+        check_needs_pretrained(target, target.get("pretrained", config.settings.get("pretrained")), config.path)
+    # Top-level transfer settings are defaults for the targets that name a pretrained file.
+    pretrained_somewhere = config.settings.get("pretrained") or next(
+        (t["pretrained"] for t in config.settings.get("targets", []) if isinstance(t, dict) and "pretrained" in t),
+        None)
+    check_needs_pretrained(config.settings, pretrained_somewhere, config.path)
     fail_on = config.settings.get("fail-on")
     if fail_on is not None and fail_on not in (*SEVERITIES, "never"):
         raise ConfigError(f"fail-on must be one of {', '.join(SEVERITIES)}, never", config.path)
@@ -112,6 +118,7 @@ def resolve_jobs(paths: Sequence[str], cli: dict[str, Any], config: Config | Non
     jobs: dict[str, tuple[list[str], Options]] = {}
     for path in paths:
         settings = {**base, **(_target_settings(path, config) if config else {}), **cli}
+        check_needs_pretrained(cli, settings.get("pretrained"), None)
         options = options_from_settings(settings, hash_files, config.path if config else None)
         jobs.setdefault(repr(options), ([], options))[0].append(path)
     return list(jobs.values())
@@ -133,19 +140,24 @@ def _choice(settings: dict[str, Any], name: str, choices: Sequence[str], source:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}{hint}", source)
 
 
+def check_needs_pretrained(settings: dict[str, Any], pretrained: Any, source: str | None) -> None:
+    """Transfer settings without a pretrained checkpoint would do nothing: a usage error."""
+    if pretrained is not None:
+        return
+    given = [name for name in NEEDS_PRETRAINED if settings.get(name) not in (None, (), {}, [])]
+    if settings.get("expect") not in (None, "auto"):
+        given.insert(0, "expect")
+    if given:
+        verb = "means" if len(given) == 1 else "mean"
+        raise ConfigError(f"{', '.join(given)} only {verb} something against a pretrained checkpoint, and none "
+                          "was given (--pretrained FILE, or pretrained = ... in the configuration)", source)
+
+
 def _validate(settings: dict[str, Any], source: str | None) -> None:
     """Every value checked once, whoever gave it (command line, configuration, ``lint()``)."""
     _choice(settings, "fail-on", (*SEVERITIES, "never"), source)
     _choice(settings, "expect", EXPECTATIONS, source)
     _choice(settings, "preset", sorted(presets()), source)
-    if settings.get("pretrained") is None:
-        given = [name for name in NEEDS_PRETRAINED if settings.get(name) not in (None, (), {}, [])]
-        if settings.get("expect") not in (None, "auto"):
-            given.insert(0, "expect")
-        if given:
-            verb = "means" if len(given) == 1 else "mean"
-            raise ConfigError(f"{', '.join(given)} only {verb} something against a pretrained checkpoint, and none "
-                              "was given (--pretrained FILE, or pretrained = ... in the configuration)", source)
     for name, low, high in (("max-drift", 0.0, None), ("min-score", 0.0, 100.0)):
         value = settings.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

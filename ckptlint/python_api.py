@@ -6,7 +6,8 @@ import os
 from typing import Any
 
 from ckptlint.api import run_jobs
-from ckptlint.config import PER_TARGET, TOP_LEVEL, check_setting_names, load_config, options_from_settings
+from ckptlint.config import (PER_TARGET, TOP_LEVEL, check_needs_pretrained, check_setting_names, load_config,
+                             options_from_settings)
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.memory import memory_checkpoint
 from ckptlint.model import Report
@@ -39,4 +40,5 @@ def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = Non
         merged["pretrained"] = _source(pretrained, "<pretrained>", merged.get("pretrained-key"))
     elif found and isinstance(found.settings.get("pretrained"), str):
         merged["pretrained"] = str(found.folder / found.settings["pretrained"])
+    check_needs_pretrained(settings, merged.get("pretrained"), None)
     return run_jobs([([target_source], options_from_settings(merged, hash_files=False))])

@@ -72,6 +72,12 @@ def test_the_same_errors_from_lint_and_configuration(tmp_path: Path, run) -> Non
     assert result.code == 2 and "expect only means something" in result.err
     config.write_text(f'pretrained = "{PRETRAINED}"\nmaps = {{ "backbone.bdy." = "" }}\n')
     assert run("check", SELECTIVE, "--config", str(config)).code == 2
+    # Top-level transfer settings are defaults for the targets that do name a pretrained file: a
+    # file no target glob matches is checked on its own, without an error.
+    config.write_text(f'expect = "copied"\n[[targets]]\nglob = "*transfer-selective*"\npretrained = "{PRETRAINED}"\n')
+    assert run("check", SELECTIVE, "--config", str(config)).code == 1
+    unmatched = run("check", DETR, "--config", str(config), "--format", "json", "--no-hash")
+    assert unmatched.code == 0 and unmatched.json["transfer"] is None
 
 
 def test_an_unreadable_pretrained_file_is_an_error_and_the_targets_are_still_checked(run, tmp_path: Path) -> None:

@@ -50,6 +50,13 @@ def _drifted(pair: PairFacts) -> bool:
             and (correlation is None or correlation >= FINETUNED_MIN_CORRELATION))
 
 
+def _identical(pairs: list[PairFacts], every: bool = False) -> str:
+    """``223 are bit-identical`` / ``is bit-identical or cast (265)``."""
+    cast = sum(p["verdict"] == "cast" for p in pairs)
+    kind = "bit-identical" if not cast else "cast" if cast == len(pairs) else "bit-identical or cast"
+    return f"is {kind}" if every else f"{len(pairs)} are {kind}"
+
+
 def _percent_range(values: list[float]) -> str:
     low, high = min(values), max(values)
     return f"{low:.2%}" if low == high else f"{low:.2%}-{high:.2%}"
@@ -63,7 +70,7 @@ def infer_expectation(pairs: Sequence[PairFacts], training_state: Sequence[str],
     identical = [p for p in compared if p["verdict"] in ("copied", "cast")]
     drift = (f"{len(drifted)} of {len(compared)} compared tensors drifted slightly "
              f"({_percent_range([p['rel_error'] for p in drifted])} relative L2, correlation >= "
-             f"{FINETUNED_MIN_CORRELATION}) and {len(identical)} are bit-identical") if drifted else ""
+             f"{FINETUNED_MIN_CORRELATION}) and {_identical(identical)}") if drifted else ""
     if given != "auto":
         expect, reason = given, f"--expect {given} was given"
     elif training_state:
@@ -76,7 +83,8 @@ def infer_expectation(pairs: Sequence[PairFacts], training_state: Sequence[str],
     else:
         expect = "copied"
         differing = len(compared) - len(identical)
-        reason = ("no training state in the file, and every compared tensor is bit-identical" if not differing
+        reason = (f"no training state in the file, and every compared tensor {_identical(identical, every=True)}"
+                  if not differing
                   else f"no training state in the file, and the {differing} differing tensors of {len(compared)} "
                        "do not look like fine-tuning drift")
     if expect != "finetuned":

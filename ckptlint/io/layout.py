@@ -6,6 +6,7 @@ from collections import deque
 from typing import Any, Callable, Mapping, TypeVar
 
 from ckptlint.errors import CheckpointError
+from ckptlint.io.module_state import module_state, module_tensors
 from ckptlint.io.unpickler import PickledTensor
 
 T = TypeVar("T")
@@ -30,11 +31,14 @@ def find_state_dict(root: Any, key_path: str | None,
                     is_tensor: Callable[[Any], bool] = is_pickled_tensor) -> tuple[str, dict[str, Any]]:
     """Return the path to the state dict inside ``root`` ("" for a bare one) and its tensors.
 
-    With ``key_path`` (dotted, ``--key``) the user chooses; otherwise the first well-known
-    key that holds tensors wins, then the mapping with the most tensors (breadth-first, bounded
-    depth, so a hostile deeply nested pickle costs nothing).
+    A pickled module (``torch.save(model)``, ``{"model": model}``) holds a state dict too: its
+    ``state_dict()`` keys. With ``key_path`` (dotted, ``--key``) the user chooses; otherwise the
+    first well-known key that holds tensors wins, then the mapping or module with the most tensors
+    (breadth-first, bounded depth, so a hostile deeply nested pickle costs nothing).
     """
     def _tensors_in(obj: Any) -> dict[str, Any]:
+        if (state := module_state(obj)) is not None:
+            return module_tensors(state, is_tensor)
         if not isinstance(obj, Mapping):
             return {}
         return {k: v for k, v in obj.items() if isinstance(k, str) and is_tensor(v)}
@@ -53,13 +57,15 @@ def find_state_dict(root: Any, key_path: str | None,
     queue: deque[tuple[str, Any, int]] = deque([("", root, 0)])
     while queue:
         path, obj, depth = queue.popleft()
-        if not isinstance(obj, Mapping) or depth > SEARCH_DEPTH:
+        if depth > SEARCH_DEPTH:
             continue
         tensors = _tensors_in(obj)
         if len(tensors) > len(best[1]):
             best = (path, tensors)
+        if not isinstance(obj, Mapping):
+            continue
         for name, child in obj.items():
-            if isinstance(name, str) and isinstance(child, Mapping):
+            if isinstance(name, str) and (isinstance(child, Mapping) or module_state(child) is not None):
                 queue.append((f"{path}.{name}" if path else name, child, depth + 1))
     if not best[1]:
         raise CheckpointError("the pickle holds no tensors")

@@ -7,6 +7,8 @@ from typing import Any, Callable
 from ckptlint.errors import CheckpointError
 from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef
 from ckptlint.io.layout import find_state_dict, is_lightning, strip_prefixes
+from ckptlint.io.module_state import module_state
+from ckptlint.io.training_state import training_state_in
 from ckptlint.io.unpickler import PickledTensor, PickleGlobal
 
 # Given a storage key and the storage's element size, where its bytes start and how many
@@ -21,11 +23,11 @@ def build_checkpoint(path: str, fmt: str, root: Any, key_path: str | None, locat
     lightning = is_lightning(root)
     pickled, stripped = strip_prefixes(pickled, lightning)
     tensors = {key: _tensor_ref(key, t, path, locate, big_endian) for key, t in pickled.items()}
-    layout = where or "bare"
+    layout = where or ("whole-module" if module_state(root) is not None else "bare")
     if lightning:
         layout = f"lightning:{layout}"
     return Checkpoint(path, fmt, layout, tensors, [FileInfo(path, file_size)], pickle_globals,
-                      stripped_prefix=stripped)
+                      stripped_prefix=stripped, training_state=training_state_in(root))
 
 
 def _tensor_ref(key: str, t: PickledTensor, path: str, locate: StorageLocator, big_endian: bool) -> TensorRef:

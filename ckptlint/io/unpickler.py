@@ -163,6 +163,50 @@ def _inert(qualname: str) -> Callable[..., Any]:
     return _inert_class(qualname)
 
 
+# torch's own layers, by the module torch.save names them in (`torch.nn.modules.conv.Conv2d`):
+# every public nn.Module class defined in a torch.nn.modules submodule (torch 2.13; a test keeps
+# the table in step with the installed torch). They are torch itself, which every reader of a
+# torch file has, and unpickling one (NEWOBJ, then Module.__setstate__) only fills its __dict__.
+# A table rather than a pattern over `torch.nn.modules.*`: those modules also hold names that are
+# not layers, such as `F` (the torch.nn.functional module, whose namespace a BUILD would overwrite
+# in a real loader), autograd Functions and typing names.
+TORCH_NN_LAYERS = {
+    "activation": "CELU ELU GELU GLU Hardshrink Hardsigmoid Hardswish Hardtanh LeakyReLU LogSigmoid "
+                  "LogSoftmax Mish MultiheadAttention PReLU RReLU ReLU ReLU6 SELU SiLU Sigmoid Softmax "
+                  "Softmax2d Softmin Softplus Softshrink Softsign Tanh Tanhshrink Threshold",
+    "adaptive": "AdaptiveLogSoftmaxWithLoss",
+    "batchnorm": "BatchNorm1d BatchNorm2d BatchNorm3d LazyBatchNorm1d LazyBatchNorm2d LazyBatchNorm3d SyncBatchNorm",
+    "channelshuffle": "ChannelShuffle",
+    "container": "Container ModuleDict ModuleList ParameterDict ParameterList Sequential",
+    "conv": "Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d LazyConv1d LazyConv2d "
+            "LazyConv3d LazyConvTranspose1d LazyConvTranspose2d LazyConvTranspose3d",
+    "distance": "CosineSimilarity PairwiseDistance",
+    "dropout": "AlphaDropout Dropout Dropout1d Dropout2d Dropout3d FeatureAlphaDropout",
+    "flatten": "Flatten Unflatten",
+    "fold": "Fold Unfold",
+    "instancenorm": "InstanceNorm1d InstanceNorm2d InstanceNorm3d LazyInstanceNorm1d LazyInstanceNorm2d "
+                    "LazyInstanceNorm3d",
+    "linear": "Bilinear Identity LazyLinear Linear NonDynamicallyQuantizableLinear",
+    "loss": "BCELoss BCEWithLogitsLoss CTCLoss CosineEmbeddingLoss CrossEntropyLoss GaussianNLLLoss "
+            "HingeEmbeddingLoss HuberLoss KLDivLoss L1Loss LinearCrossEntropyLoss MSELoss MarginRankingLoss "
+            "MultiLabelMarginLoss MultiLabelSoftMarginLoss MultiMarginLoss NLLLoss NLLLoss2d PoissonNLLLoss "
+            "SmoothL1Loss SoftMarginLoss TripletMarginLoss TripletMarginWithDistanceLoss",
+    "module": "Module",
+    "normalization": "CrossMapLRN2d GroupNorm LayerNorm LocalResponseNorm RMSNorm",
+    "padding": "CircularPad1d CircularPad2d CircularPad3d ConstantPad1d ConstantPad2d ConstantPad3d "
+               "ReflectionPad1d ReflectionPad2d ReflectionPad3d ReplicationPad1d ReplicationPad2d "
+               "ReplicationPad3d ZeroPad1d ZeroPad2d ZeroPad3d",
+    "pixelshuffle": "PixelShuffle PixelUnshuffle",
+    "pooling": "AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d "
+               "AdaptiveMaxPool3d AvgPool1d AvgPool2d AvgPool3d FractionalMaxPool2d FractionalMaxPool3d "
+               "LPPool1d LPPool2d LPPool3d MaxPool1d MaxPool2d MaxPool3d MaxUnpool1d MaxUnpool2d MaxUnpool3d",
+    "rnn": "GRU GRUCell LSTM LSTMCell RNN RNNBase RNNCell RNNCellBase",
+    "sparse": "Embedding EmbeddingBag",
+    "transformer": "Transformer TransformerDecoder TransformerDecoderLayer TransformerEncoder TransformerEncoderLayer",
+    "upsampling": "Upsample UpsamplingBilinear2d UpsamplingNearest2d",
+}
+
+
 # Each allowed global: what it resolves to, and why resolving it is safe.
 ALLOWLIST: dict[tuple[str, str], tuple[Any, str]] = {
     ("torch._utils", "_rebuild_tensor"): (_rebuild_tensor, "records a tensor's storage, offset, size, stride"),
@@ -195,6 +239,22 @@ ALLOWLIST: dict[tuple[str, str], tuple[Any, str]] = {
     ("numpy", "ndarray"): (_inert("numpy.ndarray"), "a numpy array header: inert data"),
     ("pytorch_lightning.utilities.parsing", "AttributeDict"): (InertDict, "Lightning hyper-parameters: a dict"),
     ("lightning.fabric.utilities.data", "AttributeDict"): (InertDict, "Lightning hyper-parameters: a dict"),
+    **{
+        (f"torch.nn.modules.{module}", name): (
+            _inert(f"torch.nn.modules.{module}.{name}"),
+            "torch's own layer in a whole-module pickle: an inert stub whose recorded state holds the tensors")
+        for module, names in TORCH_NN_LAYERS.items()
+        for name in names.split()
+    },
+    ("torch.nn.parallel.data_parallel", "DataParallel"): (
+        _inert("torch.nn.parallel.data_parallel.DataParallel"),
+        "torch's own wrapper layer saved whole (`torch.save(nn.DataParallel(model))`): an inert stub"),
+    **{
+        (module, name): (
+            _inert(f"{module}.{name}"),
+            "the activation torch's own Transformer layers keep (activation='relu'/'gelu'): an inert stub")
+        for module, name in (("torch.nn.functional", "relu"), ("torch._C._nn", "gelu"))
+    },
 }
 
 
@@ -231,7 +291,21 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
             raise CheckpointError(f"{self.where}: unexpected persistent id")
+        if (module_class := _legacy_module_class(pid)) is not None:
+            return module_class
         return self._persistent(pid)
+
+
+def _legacy_module_class(pid: Any) -> type | None:
+    """The class in a legacy file's ``('module', class, source_file, source)`` persistent id.
+
+    Legacy ``torch.save(model)`` names each module class this way (the source is kept only so
+    torch can warn when it changed). The class was named inside the id, so it already went
+    through ``find_class``: it is one of our stubs or allowlisted types, never the real class.
+    """
+    if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], type):
+        return pid[1]
+    return None
 
 
 def storage_descriptor(pid: Any) -> StorageDescriptor:

@@ -42,6 +42,7 @@ class Config:
     path: str
     folder: Path
     settings: dict[str, Any]
+    explicit: bool = False  # named by the user (--config, lint(config=PATH)), not discovered
 
 
 def check_setting_names(table: dict[str, Any], allowed: set[str], where: str, path: str | None) -> None:
@@ -63,20 +64,50 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def load_config(paths: Sequence[str], explicit: str | None = None) -> Config | None:
-    """The configuration for a run: ``explicit`` if given, else the nearest one found."""
+    """The configuration for a run: ``explicit`` if given, else the nearest one from the current
+    directory upward — the project being linted, never the folder a checked file lies in (a
+    downloaded model folder could ship a configuration that turns the gate off or names code).
+    ``paths`` are the checked files (kept for the signature's sake: they decide nothing)."""
     if explicit:
         settings = _read(Path(explicit))
-        return _validated(Config(explicit, Path(explicit).resolve().parent, settings or {}))
-    starts = [Path(paths[0]).resolve().parent] if paths else []
-    for start in [*starts, Path.cwd()]:
-        for folder in (start, *start.parents):
-            for name in ("ckptlint.toml", "pyproject.toml"):
-                candidate = folder / name
-                if candidate.is_file():
-                    settings = _read(candidate)
-                    if settings is not None:
-                        return _validated(Config(str(candidate), folder, settings))
+        return _validated(Config(explicit, Path(explicit).resolve().parent, settings or {}, explicit=True))
+    start = Path.cwd()
+    for folder in (start, *start.parents):
+        for name in ("ckptlint.toml", "pyproject.toml"):
+            candidate = folder / name
+            if candidate.is_file():
+                settings = _read(candidate)
+                if settings is not None:
+                    return _trusted(_validated(Config(str(candidate), folder, settings)))
     return None
+
+
+# Rules that a configuration found by discovery may not silence or lower: the gate against
+# pickles that run code must not be turned off by a file that came with the data.
+SECURITY_RULES = ("unsafe-pickle", "CKP001", "unknown-pickle-global", "CKP002")
+
+
+def _trusted(config: Config) -> Config:
+    """Refuse what only a configuration the user named may do: import code, weaken the
+    security rules."""
+    tables = [config.settings, *[t for t in config.settings.get("targets", []) if isinstance(t, dict)]]
+    problems = []
+    if any("model" in table for table in tables):
+        problems.append("`model` imports code")
+    named = [*config.settings.get("ignore", ()), *config.settings.get("severity", {}),
+             *config.settings.get("per-key-ignores", {}).values()]
+    flat = {name for entry in named for name in ([entry] if isinstance(entry, str) else entry)}
+    if flat & set(SECURITY_RULES):
+        problems.append("it ignores or re-rates the pickle-safety rules")
+    select = config.settings.get("select", ())
+    if select and not set(select) & set(SECURITY_RULES[:2]):
+        problems.append("its `select` leaves out unsafe-pickle")
+    if config.settings.get("fail-on") == "never":
+        problems.append("`fail-on = \"never\"` turns the gate off")
+    if problems:
+        raise ConfigError(f"found by discovery, this configuration may not do what it asks: {'; '.join(problems)}. "
+                          "Name it with --config (or lint(config=PATH)) if you trust it", config.path)
+    return config
 
 
 def _validated(config: Config) -> Config:

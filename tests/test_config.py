@@ -53,7 +53,7 @@ def test_ckptlint_toml_settings_and_cli_override(project: Path, run) -> None:
     (project / "ckptlint.toml").write_text('''
 ignore = ["default-bn-stats"]
 pretrained = "weights/resnet50.pth"
-fail-on = "never"
+fail-on = "warning"
 
 [severity]
 not-transferred = "warning"
@@ -66,7 +66,7 @@ warn_rel_error = 0.5
 ''')
     target = str(project / "models" / "detr_selective.pth")
     report = run("check", target, "--format", "json", "--no-hash", cwd=project)
-    assert report.code == 0  # fail-on never
+    assert report.code == 1  # fail-on warning: the re-rated not-transferred still fails
     findings = report.json["findings"]
     assert "default-bn-stats" not in _names(report.json)
     assert {f["severity"] for f in findings if f["name"] == "not-transferred"} == {"warning"}
@@ -99,3 +99,38 @@ def test_explicit_config_file(project: Path, run, tmp_path: Path) -> None:
     config.write_text('select = ["unsafe-pickle"]\n')
     result = run("check", str(project / "models" / "other.pt"), "--config", str(config), "--format", "json")
     assert result.code == 0 and result.json["findings"] == []
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('model = "pkg:factory"', "`model` imports code"),
+    ('ignore = ["unsafe-pickle"]', "ignores or re-rates the pickle-safety rules"),
+    ('[severity]\nunsafe-pickle = "info"', "ignores or re-rates the pickle-safety rules"),
+    ('fail-on = "never"', '`fail-on = "never"` turns the gate off'),
+    ('select = ["non-finite"]', "its `select` leaves out unsafe-pickle"),
+])
+def test_a_discovered_configuration_cannot_import_code_or_turn_the_gate_off(
+        tmp_path: Path, run, content: str, problem: str) -> None:
+    """A downloaded model folder may ship a ckptlint.toml: `cd folder && ckptlint check` must not
+    import its code or let it silence the pickle checks; named with --config, it is trusted."""
+    folder = tmp_path / "downloaded-model"
+    folder.mkdir()
+    (folder / "ckptlint.toml").write_text(content + "\n")
+    (folder / "pkg.py").write_text("import pathlib\npathlib.Path('imported').write_text('x')\n"
+                                   "def factory():\n    return {}\n")
+    shutil.copy(CASES / "pickle-os-system" / "model.pt", folder / "pytorch_model.bin")
+    result = run("check", "pytorch_model.bin", cwd=folder)
+    assert result.code == 2 and problem in result.err and "--config" in result.err
+    assert not (folder / "imported").exists()
+
+
+def test_configuration_is_not_discovered_from_the_checked_files_folder(tmp_path: Path, run) -> None:
+    folder = tmp_path / "downloaded-model"
+    folder.mkdir()
+    (folder / "ckptlint.toml").write_text('fail-on = "never"\nignore = ["unsafe-pickle"]\n')
+    shutil.copy(CASES / "pickle-os-system" / "model.pt", folder / "pytorch_model.bin")
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    result = run("check", str(folder / "pytorch_model.bin"), "--format", "json", "--no-hash", cwd=elsewhere)
+    assert result.code == 1 and "unsafe-pickle" in {f["name"] for f in result.json["findings"]}
+    trusted = run("check", str(folder / "pytorch_model.bin"), "--config", str(folder / "ckptlint.toml"), cwd=elsewhere)
+    assert trusted.code == 0

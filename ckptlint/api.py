@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -124,7 +124,10 @@ class _Job:
         facts = CheckpointFacts(checkpoint)
         try:
             transfer = TransferContext(facts, pretrained, self.options.transfer) if pretrained else None
-            references = [r for r in (transfer, model and ModelContext(checkpoint, model)) if r]
+            model_context = ModelContext(checkpoint, model) if model else None
+            if model_context is not None and model_context.mapping is not None:
+                self.report.files[-1] = replace(self.report.files[-1], key_mapping=model_context.mapping.summary())
+            references = [r for r in (transfer, model_context) if r]
             self.findings += check_checkpoint(self.evaluator, facts, path, references, self.progress)
         except CheckpointError as exc:  # a tensor's bytes turned out unreadable
             self.report.errors.append(ReadError(exc.path or path, exc.message))

@@ -43,6 +43,7 @@ class FileSummary:
     sha256: str | None
     stripped_prefix: str = ""
     role: str = "target"  # or "pretrained"
+    key_mapping: dict[str, Any] | None = None  # with --model: the library's load-time key renaming applied
 
 
 @dataclass(frozen=True)

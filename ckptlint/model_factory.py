@@ -8,13 +8,16 @@ import sys
 
 from ckptlint.errors import ConfigError
 from ckptlint.io.memory import MemoryCheckpoint, memory_checkpoint
+from ckptlint.load_mapping import load_mapping
 
 
 def load_model(spec: str) -> MemoryCheckpoint:
     """Import ``package.module``, call ``factory()`` with no arguments, take its state dict.
 
     The current directory is importable, as with ``python -m``. Nothing from any checkpoint
-    file is involved: this is the code of the branch being checked.
+    file is involved: this is the code of the branch being checked. When the model's library
+    renames keys as it loads them (transformers), the result carries that renaming as
+    ``load_mapping`` (see ckptlint.load_mapping); otherwise ``load_mapping`` is None.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
@@ -30,4 +33,6 @@ def load_model(spec: str) -> MemoryCheckpoint:
         raise ConfigError(f"--model {spec}: {type(exc).__name__}: {detail}") from None
     finally:
         sys.path.remove(os.getcwd())
-    return memory_checkpoint(built, f"<model {spec}>")
+    checkpoint = memory_checkpoint(built, f"<model {spec}>")
+    checkpoint.load_mapping = load_mapping(built)  # type: ignore[attr-defined]  # read by ModelContext
+    return checkpoint

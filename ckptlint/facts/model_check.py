@@ -1,7 +1,11 @@
-"""The target against the model the user's own code builds: what ``load_state_dict`` would say.
+"""The target against the model the user's own code builds: what loading it would say.
 
 Keys are matched exactly (after the reader removed wrapper prefixes), as ``load_state_dict``
-matches them; only names and shapes matter, so no tensor values are compared.
+matches them; only names and shapes matter, so no tensor values are compared. When the model's
+library renames keys as it loads them (transformers' conversion mapping, see
+ckptlint.load_mapping), each checkpoint key is first given the name it loads as: findings on the
+checkpoint keep its on-disk name, and a shape mismatch names the model tensor it was compared
+with. ``mapping`` says what was applied.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from ckptlint.facts.pair import PairFacts
 from ckptlint.facts.tensor import TensorFacts
 from ckptlint.graph.align import Pair
 from ckptlint.io.checkpoint import Checkpoint
+from ckptlint.load_mapping import AppliedMapping, LoadMapping
 
 
 class ModelContext:
@@ -22,7 +27,16 @@ class ModelContext:
     def __init__(self, target: Checkpoint, model_facts: CheckpointFacts) -> None:
         self.target, self.model = target, model_facts.checkpoint
         self.model_facts = model_facts  # shared by every target checked against the same model
-        self.unexpected = set(target.tensors) - set(self.model.tensors)
+        load: LoadMapping | None = getattr(self.model, "load_mapping", None)  # set by model_factory
+        self.mapping: AppliedMapping | None = load.apply(target.tensors, self.model.tensors) if load else None
+        mapping = self.mapping or AppliedMapping("", 0)
+        converted = mapping.converted
+        # checkpoint key -> the model tensor it loads into, for keys the model has a place for
+        self.loads_into = {key: mapping.name(key) for key in target.tensors
+                           if mapping.name(key) in self.model.tensors and key not in converted
+                           and key not in mapping.shadowed}
+        self.unexpected = {key for key in target.tensors if mapping.name(key) not in self.model.tensors}
+        self.reached = set(self.loads_into.values()) | {name for names in converted.values() for name in names}
 
     def tensor_extra(self, key: str) -> dict[str, Any]:
         return {}
@@ -32,10 +46,10 @@ class ModelContext:
 
     def pair_facts(self, key: str, target: TensorFacts) -> PairFacts | None:
         """Only for a shape mismatch: equal shapes load fine, whatever the values."""
-        ref = self.model.tensors.get(key)
-        if ref is None or tuple(target["shape"]) == ref.shape:
+        name = self.loads_into.get(key)
+        if name is None or tuple(target["shape"]) == self.model.tensors[name].shape:
             return None
-        return PairFacts(Pair(key, key, "model", key), target, self.model_facts.tensor(key), "copied", False, 0.0,
+        return PairFacts(Pair(key, name, "model", name), target, self.model_facts.tensor(name), "copied", False, 0.0,
                          reference="model")
 
     def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None:
@@ -45,6 +59,6 @@ class ModelContext:
 
     def unused_facts(self) -> Iterator[TensorFacts]:
         for key in self.model.tensors:
-            if key not in self.target.tensors:
+            if key not in self.reached:
                 yield self.model_facts.tensor(key, extra={"reference": "model", "counterpart_module": None,
                                                           "is_head": False})

@@ -45,6 +45,8 @@ def render_text(report: Report) -> str:
                      f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters{role})")
         if summary.path in transfers:
             lines += _judgement_lines(transfers[summary.path])
+        if summary.key_mapping:
+            lines.append(f"  {summary.key_mapping['description']}")
         findings = by_file.pop(summary.path, [])
         lines += [_finding_line(f) for f in findings] or ["  no findings"]
     for error in report.errors:

@@ -4,6 +4,10 @@ Each candidate is a fully specified distribution (its scale follows from fan-in/
 the test is a one-sample Kolmogorov-Smirnov distance with nothing fitted: the distribution's
 shape must match, not only its spread. Trained weights of a similar scale have other shapes
 (heavier tails, offsets) and land far above the critical distance.
+
+Some trained layers keep a marginal close to their init, so a marginal that passes is only half
+the evidence: the values must also look like independent draws (``iid.py``: spectrum, channel
+norms, neighbours), which training breaks even where the marginal survives.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import math
 from typing import Callable
 
 import numpy as np
+
+from ckptlint.facts import iid
 
 SAMPLE = 16384  # evenly spaced elements; initialisation is i.i.d., so spacing loses nothing
 PLAUSIBLE_STD_RATIO = (0.5, 2.0)  # candidates whose scale is further off are not tested at all
@@ -103,9 +109,10 @@ def sample(values: np.ndarray) -> np.ndarray:
     return picked[np.isfinite(picked)]
 
 
-def fingerprint(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
+def ks_fits(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
     """Each candidate init of a plausible scale with its KS distance, critical distance and std
-    ratio, best first (empty when no init of this weight's fans has a similar spread)."""
+    ratio, best first (empty when no init of this weight's fans has a similar spread). The
+    marginal alone: what ``fingerprint`` judged before the i.i.d. checks."""
     picked = sample(values)
     std = float(picked.std(dtype=np.float64)) if picked.size >= 2 else 0.0
     if not std:
@@ -133,3 +140,18 @@ def fingerprint(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
             "sample_size": int(xs.size),
         })
     return sorted(fits, key=lambda fit: (fit["ks"], fit["name"]))
+
+
+def fingerprint(values: np.ndarray, kind: str) -> list[dict[str, float | str | None]]:
+    """The inits ``values`` are consistent with, best first: candidates whose KS distance is
+    within the critical one, each with the i.i.d. evidence (``iid.evidence``: spectral_ratio,
+    row_norm_z, neighbour_corr, ...) that the values are independent draws. Empty when the KS
+    test rejects every candidate or the values fail the i.i.d. checks (trained structure); only
+    a weight whose marginal passed pays for those."""
+    fits = [fit for fit in ks_fits(values, kind) if fit["ks"] <= fit["ks_critical"]]
+    if not fits:
+        return []
+    found = iid.evidence(values)
+    if not iid.consistent(found):
+        return []
+    return [{**fit, **found} for fit in fits]

@@ -35,7 +35,7 @@ class Pair:
     target: str
     pretrained: str
     how: str  # user-map, exact, prefix, scheme:<name>, suffix, content
-    canonical: str  # the pretrained key in torchvision names without its wrapper prefix
+    canonical: str  # the pretrained key in torchvision names (whatever step matched it) without its wrapper prefix
 
 
 @dataclass
@@ -105,7 +105,7 @@ class _Matcher:
         view_p = {view(k): k for k in self.left_p}
         for name, t in view_t.items():
             if name in view_p:
-                self.take(t, view_p[name], how or "exact", name)
+                self.take(t, view_p[name], how or "exact", canonical_name(name))
         view_t = {n: k for n, k in view_t.items() if k in self.left_t}
         view_p = {n: k for n, k in view_p.items() if k in self.left_p}
         t_prefix, p_prefix = _infer_prefix(list(view_t), list(view_p))
@@ -117,7 +117,7 @@ class _Matcher:
                 relative = name[len(t_prefix):]
                 p = view_p.get(p_prefix + relative)
                 if p is not None and p in self.left_p:
-                    self.take(t, p, how or "prefix", relative)
+                    self.take(t, p, how or "prefix", canonical_name(relative))
 
 
 def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],

@@ -31,6 +31,21 @@ def _private_code_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ["CKPTLINT_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _raise_internal_errors():
+    """A run records an exception it did not expect as that file's "internal error" and goes on;
+    in the tests (and the processes they start) it is raised, so that a bug fails the test that
+    found it instead of passing as one more unreadable file. test_hostile_structure.py checks
+    the recording with this unset."""
+    previous = os.environ.get("CKPTLINT_DEBUG")
+    os.environ["CKPTLINT_DEBUG"] = "1"
+    yield
+    if previous is None:
+        del os.environ["CKPTLINT_DEBUG"]
+    else:
+        os.environ["CKPTLINT_DEBUG"] = previous
+
+
 @dataclass
 class Result:
     code: int

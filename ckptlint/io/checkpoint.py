@@ -19,7 +19,23 @@ from ckptlint.io.unpickler import PickleGlobal
 # A strided view (stride 0 broadcasts) may repeat its storage; a hostile one would repeat a few
 # bytes into terabytes. Views larger than this many times their bytes (and 256 MiB) are refused.
 MAX_VIEW_EXPANSION = 64
+MAX_DIMS = 64  # numpy cannot hold more (torch can, but no model needs it)
 MAP_MIN_BYTES = 1 << 16  # tensors this large are mapped rather than read (see Checkpoint._bytes)
+
+
+def check_shape(key: str, shape: tuple[int, ...] | list[int], itemsize: int) -> None:
+    """Refuse a shape no array can hold: more than MAX_DIMS dimensions, or dimensions whose
+    product overflows (checked without the zeros: numpy refuses those shapes too)."""
+    if len(shape) > MAX_DIMS:
+        raise CheckpointError(f"tensor {key!r} has {len(shape)} dimensions, more than {MAX_DIMS}")
+    if math.prod(n for n in shape if n) * itemsize >= 1 << 63:
+        raise CheckpointError(f"tensor {key!r} has a shape no array can hold "
+                              f"({', '.join(_count(n) for n in shape)})")
+
+
+def _count(n: int) -> str:
+    """A number from the file for a message; Python will not print one of 4,300 digits or more."""
+    return str(n) if n.bit_length() <= 64 else f"about 2**{n.bit_length() - 1}"
 
 
 @dataclass(frozen=True)
@@ -75,11 +91,12 @@ class TensorRef:
         return self.offset, last + 1
 
     def validate(self) -> None:
-        """Refuse a tensor whose view reaches outside its storage (a corrupt or hostile file)."""
+        """Refuse a tensor no array can hold or whose view reaches outside its storage."""
+        check_shape(self.key, self.shape, self.dtype.itemsize)
         begin, end = self.element_span()
         if end > self.storage_numel:
             raise CheckpointError(
-                f"tensor {self.key!r} reaches element {end} of a storage holding {self.storage_numel}"
+                f"tensor {self.key!r} reaches element {_count(end)} of a storage holding {_count(self.storage_numel)}"
             )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.module_state import module_state, module_tensors
@@ -21,6 +21,7 @@ STATE_DICT_KEYS = (
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 LIGHTNING_MARKERS = ("pytorch-lightning_version", "lightning_version", "hyper_parameters")
 SEARCH_DEPTH = 4
+MAX_KEY_DEPTH = 100  # as module_state.MAX_DEPTH: real models nest a few dozen modules
 
 
 def is_pickled_tensor(value: Any) -> bool:
@@ -34,7 +35,8 @@ def find_state_dict(root: Any, key_path: str | None,
     A pickled module (``torch.save(model)``, ``{"model": model}``) holds a state dict too: its
     ``state_dict()`` keys. With ``key_path`` (dotted, ``--key``) the user chooses; otherwise the
     first well-known key that holds tensors wins, then the mapping or module with the most tensors
-    (breadth-first, bounded depth, so a hostile deeply nested pickle costs nothing).
+    (breadth-first, each object once, bounded depth: a hostile nested, shared or cyclic pickle
+    costs no more than its size).
     """
     def _tensors_in(obj: Any) -> dict[str, Any]:
         if (state := module_state(obj)) is not None:
@@ -55,17 +57,18 @@ def find_state_dict(root: Any, key_path: str | None,
                 return name, tensors
     best: tuple[str, dict[str, Any]] = ("", {})
     queue: deque[tuple[str, Any, int]] = deque([("", root, 0)])
+    visited = {id(root)}  # a shared or cyclic mapping is searched once, by its shortest path
     while queue:
         path, obj, depth = queue.popleft()
-        if depth > SEARCH_DEPTH:
-            continue
         tensors = _tensors_in(obj)
         if len(tensors) > len(best[1]):
             best = (path, tensors)
-        if not isinstance(obj, Mapping):
+        if not isinstance(obj, Mapping) or depth == SEARCH_DEPTH:
             continue
         for name, child in obj.items():
-            if isinstance(name, str) and (isinstance(child, Mapping) or module_state(child) is not None):
+            if isinstance(name, str) and id(child) not in visited and (
+                    isinstance(child, Mapping) or module_state(child) is not None):
+                visited.add(id(child))
                 queue.append((f"{path}.{name}" if path else name, child, depth + 1))
     if not best[1]:
         raise CheckpointError("the pickle holds no tensors")
@@ -94,19 +97,26 @@ def strip_prefixes(tensors: dict[str, T], lightning: bool) -> tuple[dict[str, T]
     """Remove prefixes that every key carries because of a wrapper; return what was removed.
 
     Lightning modules keep the network in an attribute (``model.``), so that prefix is removed
-    too, but only for Lightning checkpoints: in a bare state dict ``model.`` is a real name.
+    too, but only for Lightning checkpoints: in a bare state dict ``model.`` is a real name. Keys
+    are compared in place and cut once, so the work is linear in the keys however many prefixes.
     """
     candidates = WRAPPER_PREFIXES + (("model.",) if lightning else ())
-    stripped = ""
-    changed = True
-    while changed and tensors:
-        changed = False
-        for prefix in candidates:
-            if all(k.startswith(prefix) for k in tensors):
-                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-                stripped += prefix
-                changed = True
-    return tensors, stripped
+    removed: list[str] = []
+    at = 0
+    while tensors and (prefix := next((p for p in candidates if all(k.startswith(p, at) for k in tensors)), None)):
+        removed.append(prefix)
+        at += len(prefix)
+    if not at:
+        return tensors, ""
+    return {k[at:]: v for k, v in tensors.items()}, "".join(removed)
+
+
+def check_key_depth(keys: Iterable[str]) -> None:
+    """Refuse a key nesting deeper than any model (each dotted part is a module of the graph)."""
+    for key in keys:
+        if key.count(".") >= MAX_KEY_DEPTH:
+            raise CheckpointError(f"tensor key {key[:40]!r}... nests {key.count('.') + 1} parts deep, "
+                                  f"more than the {MAX_KEY_DEPTH} a model's modules do")
 
 
 def select_prefix(tensors: dict[str, T], key_path: str) -> dict[str, T]:

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef
-from ckptlint.io.layout import find_state_dict, is_lightning, strip_prefixes
+from ckptlint.io.layout import check_key_depth, find_state_dict, is_lightning, strip_prefixes
 from ckptlint.io.module_state import module_state
 from ckptlint.io.training_state import training_state_in
 from ckptlint.io.unpickler import PickledTensor, PickleGlobal
@@ -20,6 +20,7 @@ def build_checkpoint(path: str, fmt: str, root: Any, key_path: str | None, locat
                      pickle_globals: list[PickleGlobal], file_size: int, big_endian: bool) -> Checkpoint:
     """Find the state dict in ``root`` and turn its pickled tensors into validated TensorRefs."""
     where, pickled = find_state_dict(root, key_path)
+    check_key_depth(pickled)
     lightning = is_lightning(root)
     pickled, stripped = strip_prefixes(pickled, lightning)
     tensors = {key: _tensor_ref(key, t, path, locate, big_endian) for key, t in pickled.items()}

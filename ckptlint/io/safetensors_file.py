@@ -8,7 +8,7 @@ import struct
 from typing import Any
 
 from ckptlint.errors import CheckpointError
-from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef
+from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef, check_shape
 from ckptlint.io.dtypes import DTYPES, SAFETENSORS_DTYPES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -27,7 +27,7 @@ def read_safetensors_header(path: str, size: int) -> tuple[dict[str, TensorRef],
         raw = handle.read(header_len)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer past Python's 4300 digits
         raise CheckpointError(f"safetensors header is not valid JSON ({str(exc)[:80]})", path) from None
     if not isinstance(header, dict):
         raise CheckpointError("safetensors header is not a JSON object", path)
@@ -58,10 +58,14 @@ def _tensor(name: str, entry: Any, path: str, data_start: int, size: int) -> Ten
     dtype = DTYPES[dtype_name]
     if not 0 <= begin <= end or data_start + end > size:
         raise bad(f"has data_offsets {offsets} outside the file")
-    if end - begin != math.prod(shape) * dtype.itemsize:
+    try:
+        check_shape(name, shape, dtype.itemsize)  # before the product is taken: dimensions are bounded
+    except CheckpointError as exc:
+        raise CheckpointError(f"safetensors header: {exc.message}", path) from None
+    numel = math.prod(shape)
+    if end - begin != numel * dtype.itemsize:
         raise bad(f"has {end - begin} bytes for a {dtype_name} tensor of shape {shape}")
-    return TensorRef(name, dtype, tuple(shape), path, data_start + begin, math.prod(shape),
-                     storage_id=f"{path}:{begin}")
+    return TensorRef(name, dtype, tuple(shape), path, data_start + begin, numel, storage_id=f"{path}:{begin}")
 
 
 def _check_no_overlap(tensors: dict[str, TensorRef], path: str) -> None:

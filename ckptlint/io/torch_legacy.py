@@ -79,9 +79,10 @@ def _located(locations: dict[str, tuple[int, int]], key: str) -> tuple[int, int]
 
 
 def _read_rest_for_globals(stream: BinaryIO, seen: list[PickleGlobal], first: int = 2) -> None:
-    """Scan any pickles that follow (after a plain pickle, or appended after the storages)."""
+    """Scan any pickles that follow (after a plain pickle, or appended after the storages), in any
+    protocol."""
     for index in range(first, first + 8):
-        if stream.read(1) != b"\x80":
+        if not stream.read(1):
             return
         stream.seek(-1, 1)
         try:

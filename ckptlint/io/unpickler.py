@@ -1,84 +1,175 @@
 """A restricted unpickler: rebuilds tensor records and plain data, calls nothing from the file.
 
-The technique is the one in Python's docs ("Restricting Globals"): every global the pickle
-names goes through ``find_class``. Globals on the allowlist resolve to small functions of our
-own that build inert records; every other global resolves to a fresh *stub class* that records
-its name and whatever arguments and state the pickle hands it, and does nothing else. So
-``REDUCE``, ``NEWOBJ``, ``INST``, ``OBJ`` and ``BUILD`` all act on our own code. Every global
-named is kept, in order, for the security rules.
+Reading a pickle takes two passes over its bytes, both recording into one ledger per pickle:
+
+1. ``pickle_walk.walk`` goes over every opcode without building anything and records every global
+   the pickle names and how a real loader would use it (call it, instantiate it, set its state,
+   modify it, reach it through ``getattr`` and other resolvers), whatever happens later. It also
+   refuses memo indexes and lengths that would make the unpickler allocate far beyond the data.
+2. ``RestrictedUnpickler`` builds the objects, with Python's docs' "Restricting Globals" technique:
+   every global goes through ``find_class``. Globals on the ALLOWLIST resolve to small functions
+   of our own or to immutable markers; every other global resolves to a fresh *stub class* that
+   records its name and whatever arguments and state the pickle hands it, and does nothing else.
+   So ``REDUCE``, ``NEWOBJ``, ``INST``, ``OBJ`` and ``BUILD`` all act on our own code, and the
+   stubs note each use too.
+
+Everything one pickle builds is its own: stub classes and wrappers are made per pickle, and the
+few objects shared between files (element and storage type markers, ``complex``) refuse
+``BUILD``, so one file cannot change how the next is read. What the pickle builds through our code
+is bounded by its size (``CELLS_PER_BYTE``).
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import collections
+import builtins
+import enum
+import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.dtypes import DTYPES, TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, DType
+from ckptlint.io.pickle_walk import (CALLED, GIVEN_STATE, INSTANTIATED, NAMED, USES, Named, normalise_global,
+                                     walk)
+
+# Bounds on what one pickle may make us build, relative to its size: a pickle can hand the same
+# big list to a constructor again and again (BINGET costs two bytes, a copy of a million items
+# costs eight megabytes), or name a new global with a few bytes of STACK_GLOBAL (a new class
+# each). Real checkpoints build under one cell per byte and name a few dozen globals.
+CELLS_PER_BYTE = 4
+CELLS_FLOOR = 1 << 16
+MAX_GLOBALS = 10_000
 
 
 @dataclass(frozen=True)
 class PickleGlobal:
-    """A global named by a pickle: ``module.name`` after Python 2 names are normalised."""
+    """A global a pickle names, ``module.name`` after Python 2 names are normalised, and how the
+    pickle uses it (``uses``: verbs from pickle_walk; ``via``: the resolvers that reached it)."""
 
     module: str
     name: str
     where: str  # which pickle in the file named it (zip entry or legacy stream part)
     allowed: bool
+    uses: tuple[str, ...] = (NAMED,)
+    via: tuple[str, ...] = ()
+    count: int = 1
 
     @property
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
 
-
-@dataclass(frozen=True)
-class StorageType:
-    """A torch storage class named in a persistent id; carries the element type if it has one."""
-
-    dtype: DType | None
+    @property
+    def invoked(self) -> bool:
+        """Whether a loader would run it: anything but being named, or being reached by name."""
+        return bool(self.via) or any(use != NAMED for use in self.uses)
 
 
-@dataclass(frozen=True)
-class StorageDescriptor:
-    """What a persistent id says about a storage: its key, type, element count, device."""
-
-    key: str
-    dtype: DType | None
-    numel: int
-    location: str
-    view_offset: int = 0  # legacy view storages start this many elements into their root
+@dataclass
+class _Uses:
+    static: set[str] = field(default_factory=set)  # seen by the opcode walk
+    runtime: set[str] = field(default_factory=set)  # seen by the stubs as the unpickler ran
+    via: set[str] = field(default_factory=set)
+    count: int = 0
 
 
-@dataclass(frozen=True)
-class PickledTensor:
-    """A tensor as the pickle describes it; the bytes stay wherever the storage lives."""
+class _Ledger:
+    """One pickle's globals and how each is used (from the opcode walk and from the stubs as the
+    unpickler runs), and how many more cells the unpickler may still build through our code."""
 
-    storage: StorageDescriptor
-    dtype: DType
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    is_parameter: bool = False
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.found: dict[tuple[str, str], _Uses] = {}
+        self.budget = CELLS_FLOOR
+
+    def _uses(self, key: tuple[str, str]) -> _Uses:
+        uses = self.found.get(key)
+        if uses is None:
+            if len(self.found) >= MAX_GLOBALS:
+                raise CheckpointError(f"the pickle names more than {MAX_GLOBALS} distinct globals")
+            uses = self.found[key] = _Uses()
+        return uses
+
+    def record(self, named: Named, how: str, count: int) -> None:
+        """The opcode walk's record (pickle_walk.Recorder)."""
+        uses = self._uses(normalise_global(named.module, named.name))
+        uses.static.add(how)
+        uses.count += count
+        if named.via:
+            uses.via.add(named.via)
+
+    def allowed(self, named: Named) -> bool:
+        """The opcode walk's question (pickle_walk.Recorder)."""
+        return normalise_global(named.module, named.name) in ALLOWLIST
+
+    def named(self, key: tuple[str, str]) -> None:
+        self._uses(key).static.add(NAMED)
+
+    def invoked(self, key: tuple[str, str], how: str, cells: int = 0) -> None:
+        """A stub's record as the unpickler runs: a check on the walk, and a cost."""
+        self.charge(cells)
+        self._uses(key).runtime.add(how)
+
+    def charge(self, cells: int) -> None:
+        self.budget -= cells
+        if self.budget < 0:
+            raise CheckpointError(f"the pickle builds more than {CELLS_PER_BYTE} objects per byte of itself: "
+                                  "an amplification bomb")
+
+    def records(self) -> list[PickleGlobal]:
+        found = []
+        for (module, name), uses in self.found.items():
+            seen = uses.static if uses.via or uses.static - {NAMED} else uses.static | uses.runtime
+            found.append(PickleGlobal(module, name, self.where, (module, name) in ALLOWLIST,
+                                      tuple(use for use in USES if use in seen) or (NAMED,),
+                                      tuple(sorted(uses.via)), max(uses.count, 1)))
+        return found
+
+
+_SIZED = (tuple, list, dict, set, frozenset, str, bytes)
+
+
+def _cells(args: tuple) -> int:
+    """What calling something with ``args`` may copy: the arguments and the items of each."""
+    cells = len(args)
+    for arg in args:
+        if isinstance(arg, _SIZED):
+            cells += len(arg)
+    return cells
+
+
+def _refuse_build(*_: Any) -> None:
+    """``__setstate__`` of what no pickle may give state to: objects shared with every file, and
+    tensor records (a BUILD on them would copy its state each time: a cheap loop of copies)."""
+    raise CheckpointError("BUILD on an object shared with every file (an allowlisted function, element or storage "
+                          "type, complex) or on a tensor record: torch never writes that; refused as unsafe")
 
 
 class InertObject:
     """An object the pickle builds but we never run: keeps arguments and state as data.
 
-    The class itself is never used directly; each global gets a subclass named after it.
+    The class itself is never used directly; each global gets a subclass named after it, made
+    for one pickle (``ckpt_ledger`` notes each use of it there).
     """
 
     ckpt_global = "?"
+    ckpt_key: tuple[str, str]
+    ckpt_ledger: _Ledger
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:  # REDUCE, NEWOBJ, OBJ, INST
+        cls.ckpt_ledger.invoked(cls.ckpt_key, CALLED, 1 + len(args) + len(kwargs))
+        self = super().__new__(cls)
         self.ckpt_args = args
         self.ckpt_kwargs = kwargs
         self.ckpt_state: Any = None
         self.ckpt_items: list[Any] = []
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Everything was kept by ``__new__``, which NEWOBJ calls alone."""
 
     def __setstate__(self, state: Any) -> None:
+        self.ckpt_ledger.invoked(self.ckpt_key, GIVEN_STATE)
         self.ckpt_state = state
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -94,16 +185,84 @@ class InertObject:
         return f"<inert {self.ckpt_global}>"
 
 
-def _inert_class(qualname: str) -> type:
-    return type("Inert", (InertObject,), {"ckpt_global": qualname, "__module__": __name__})
-
-
 class InertDict(dict):  # type: ignore[type-arg]
-    """A dict subclass named by the pickle (Lightning's AttributeDict): kept as a plain dict."""
+    """A mapping built through an allowlisted class (OrderedDict, Counter, Lightning's
+    AttributeDict): a dict, its class made for one pickle. BUILD's state (the ``_metadata`` torch
+    gives a state dict) is kept apart, as data."""
+
+    ckpt_ledger: _Ledger
+    ckpt_state: Any = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertDict:
+        cls.ckpt_ledger.charge(_cells(args) + len(kwargs))
+        return super().__new__(cls)
 
     def __setstate__(self, state: Any) -> None:
-        if isinstance(state, dict):
-            self.update(state)
+        self.ckpt_state = state
+
+
+def _is_stub(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, InertObject)
+
+
+class StorageType:
+    """A torch storage class named in a persistent id; carries the element type if it has one."""
+
+    __slots__ = ("dtype",)
+    __setstate__ = _refuse_build
+
+    def __init__(self, dtype: DType | None) -> None:
+        self.dtype = dtype
+
+
+class ElementType:
+    """A torch dtype global (``torch.float32``): the element type it names."""
+
+    __slots__ = ("dtype",)
+    __setstate__ = _refuse_build
+
+    def __init__(self, dtype: DType) -> None:
+        self.dtype = dtype
+
+
+class _Complex(complex):
+    """``builtins.complex`` as protocol 2 uses it (NEWOBJ with two numbers): a real type, so it is
+    shared between files, and so it takes nothing but numbers and refuses BUILD."""
+
+    __slots__ = ()
+    __setstate__ = _refuse_build
+
+    def __new__(cls, real: Any = 0.0, imag: Any = 0.0) -> complex:  # type: ignore[misc]
+        if type(real) not in (int, float) or type(imag) not in (int, float):
+            raise CheckpointError("malformed complex number")
+        return complex(real, imag)
+
+
+@dataclass(frozen=True)
+class StorageDescriptor:
+    """What a persistent id says about a storage: its key, type, element count, device."""
+
+    key: str
+    dtype: DType | None
+    numel: int
+    location: str
+    view_offset: int = 0  # legacy view storages start this many elements into their root
+
+    __setstate__ = _refuse_build
+
+
+@dataclass(frozen=True)
+class PickledTensor:
+    """A tensor as the pickle describes it; the bytes stay wherever the storage lives."""
+
+    storage: StorageDescriptor
+    dtype: DType
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    is_parameter: bool = False
+
+    __setstate__ = _refuse_build
 
 
 def _tuple_of_ints(value: Any, what: str) -> tuple[int, ...]:
@@ -132,9 +291,9 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
 
 def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, _grad: Any, _hooks: Any,
                        dtype: Any, *_: Any) -> PickledTensor:
-    if not isinstance(dtype, DType):
+    if not isinstance(dtype, ElementType):
         raise CheckpointError("malformed tensor record: dtype is not a torch dtype")
-    return _rebuild(storage, offset, size, stride, dtype)
+    return _rebuild(storage, offset, size, stride, dtype.dtype)
 
 
 def _rebuild_parameter(data: Any, *_: Any) -> Any:
@@ -143,12 +302,15 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
     return data
 
 
-def _rebuild_from_type_v2(func: Any, _type: Any, args: Any, _state: Any) -> Any:
-    # torch wraps tensor subclasses (Parameter in some versions) this way; `func` is one of
-    # our own rebuild functions or a stub, so calling it is calling our code.
-    if callable(func) and isinstance(args, tuple):
-        return func(*args)
-    raise CheckpointError("malformed tensor record in _rebuild_from_type_v2")
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, _state: Any) -> Any:
+    # torch wraps tensor subclasses this way: func(*args), then made an instance of new_type
+    # (whose __new__ and __setstate__ a loader runs). `func` is one of our own rebuild functions
+    # or a stub, so calling it is calling our code.
+    if not (callable(func) and isinstance(args, tuple)):
+        raise CheckpointError("malformed tensor record in _rebuild_from_type_v2")
+    if _is_stub(new_type):
+        new_type.ckpt_ledger.invoked(new_type.ckpt_key, INSTANTIATED)
+    return func(*args)
 
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", *_: Any) -> Any:
@@ -156,11 +318,45 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8", *_: Any) -> Any:
     # because codecs can decompress (a bomb) or import modules.
     if isinstance(text, str) and encoding in ("latin1", "latin-1"):
         return text.encode("latin1")
-    return _inert_class("_codecs.encode")(text, encoding)
+    raise CheckpointError(f"_codecs.encode with the codec {str(encoding)[:40]!r}: only latin-1 spells bytes")
 
 
-def _inert(qualname: str) -> Callable[..., Any]:
-    return _inert_class(qualname)
+def _defaultdict(*_: Any) -> dict[Any, Any]:
+    """``collections.defaultdict(factory)``: its items come with SETITEMS; the factory is only
+    named (a loader would call it for a missing key, long after loading)."""
+    return {}
+
+
+class Resolution(enum.Enum):
+    """What an allowlisted global resolves to when it is neither a ``Call`` nor a value of its own."""
+
+    INERT = "a fresh inert stub class per pickle, recording what it is given"
+    MAPPING = "a fresh dict subclass per pickle"
+
+
+@dataclass(frozen=True)
+class Call:
+    """An allowlisted callable of ours; each pickle gets a wrapper counting what it is handed."""
+
+    function: Callable[..., Any]
+
+
+class _BoundCall:
+    """An allowlisted callable as one pickle sees it."""
+
+    __slots__ = ("function", "ledger")
+    __setstate__ = _refuse_build
+
+    def __init__(self, function: Callable[..., Any], ledger: _Ledger) -> None:
+        self.function = function
+        self.ledger = ledger
+
+    def __call__(self, *args: Any) -> Any:
+        self.ledger.charge(_cells(args))
+        return self.function(*args)
+
+
+INERT, MAPPING = Resolution.INERT, Resolution.MAPPING
 
 
 # torch's own layers, by the module torch.save names them in (`torch.nn.modules.conv.Conv2d`):
@@ -207,90 +403,128 @@ TORCH_NN_LAYERS = {
 }
 
 
-# Each allowed global: what it resolves to, and why resolving it is safe.
+# Each allowed global: what it resolves to, and why resolving it is safe. Values other than
+# INERT, MAPPING and Call are immutable markers shared by every file.
 ALLOWLIST: dict[tuple[str, str], tuple[Any, str]] = {
-    ("torch._utils", "_rebuild_tensor"): (_rebuild_tensor, "records a tensor's storage, offset, size, stride"),
-    ("torch._utils", "_rebuild_tensor_v2"): (_rebuild_tensor, "records a tensor's storage, offset, size, stride"),
-    ("torch._utils", "_rebuild_tensor_v3"): (_rebuild_tensor_v3, "as v2, with the dtype given explicitly"),
-    ("torch._utils", "_rebuild_parameter"): (_rebuild_parameter, "marks a recorded tensor as a parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"): (_rebuild_parameter, "marks a recorded tensor as a parameter"),
-    ("torch._tensor", "_rebuild_from_type_v2"): (_rebuild_from_type_v2, "applies one of our own rebuild functions"),
-    ("collections", "OrderedDict"): (collections.OrderedDict, "a plain ordered mapping"),
-    ("builtins", "set"): (set, "a plain container"),
-    ("builtins", "frozenset"): (frozenset, "a plain container"),
-    ("builtins", "complex"): (complex, "a number"),
-    ("_codecs", "encode"): (_codecs_encode, "protocol 2's spelling of bytes; only latin-1 is decoded"),
-    ("argparse", "Namespace"): (_inert("argparse.Namespace"), "DETR's saved `args`: kept as inert data"),
-    ("torch", "Size"): (tuple, "a tuple of integers"),
-    ("torch", "device"): (_inert("torch.device"), "a device name, kept as inert data"),
+    # tensor records
+    ("torch._utils", "_rebuild_tensor"): (Call(_rebuild_tensor), "records a tensor's storage, offset, size, stride"),
+    ("torch._utils", "_rebuild_tensor_v2"): (Call(_rebuild_tensor), "records a tensor's storage, offset, size, stride"),
+    ("torch._utils", "_rebuild_tensor_v3"): (Call(_rebuild_tensor_v3), "as v2, with the dtype given explicitly"),
+    ("torch._utils", "_rebuild_parameter"): (Call(_rebuild_parameter), "marks a recorded tensor as a parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"): (Call(_rebuild_parameter),
+                                                        "marks a recorded tensor as a parameter"),
+    ("torch._tensor", "_rebuild_from_type_v2"): (Call(_rebuild_from_type_v2),
+                                                 "applies one of our own rebuild functions"),
+    **{
+        key: (INERT, "the tensor class _rebuild_from_type_v2 names (a tensor with attributes, a Parameter): torch "
+                     "itself, kept as an inert stub")
+        for key in (("torch", "Tensor"), ("torch._tensor", "Tensor"), ("torch.nn.parameter", "Parameter"))
+    },
     ("torch.storage", "UntypedStorage"): (StorageType(None), "names a storage type; the dtype comes with the tensor"),
     ("torch.storage", "TypedStorage"): (StorageType(None), "names a storage type; the dtype comes with the tensor"),
     **{
         ("torch", storage): (StorageType(DTYPES[dtype]), "names a storage's element type")
         for storage, dtype in TORCH_STORAGE_TYPES.items()
     },
-    **{("torch", alias): (DTYPES[name], "names an element type") for alias, name in TORCH_DTYPE_NAMES.items()},
+    **{("torch", alias): (ElementType(DTYPES[name]), "names an element type") for alias, name in TORCH_DTYPE_NAMES.items()},
+    ("torch", "Size"): (Call(tuple), "a tuple of integers"),
+    ("torch", "device"): (INERT, "a device name, kept as inert data"),
+    # plain data
+    ("collections", "OrderedDict"): (MAPPING, "a plain ordered mapping (a state dict)"),
+    ("collections", "Counter"): (MAPPING, "a mapping of counts (MultiStepLR's milestones)"),
+    ("collections", "defaultdict"): (Call(_defaultdict), "a mapping; its default factory is only named, never called"),
+    ("builtins", "set"): (Call(set), "a plain container"),
+    ("builtins", "frozenset"): (Call(frozenset), "a plain container"),
+    ("builtins", "complex"): (_Complex, "a number, from two numbers only"),
     **{
-        (module, name): (_inert(f"{module}.{name}"), "numpy scalars and arrays in training state: inert data")
+        ("builtins", name): (Call(getattr(builtins, name)),
+                             "a plain type (a defaultdict's factory; int is also Python 2's long): builds plain data")
+        for name in ("list", "dict", "tuple", "int", "float", "str", "bool")
+    },
+    ("_codecs", "encode"): (Call(_codecs_encode), "protocol 2's spelling of bytes; only latin-1 is decoded"),
+    ("types", "SimpleNamespace"): (INERT, "a namespace of plain values, kept as inert data"),
+    **{
+        (module, name): (INERT, "a file path kept as inert data: making one reads no file")
+        for module in ("pathlib", "pathlib._local")  # pathlib._local: Python 3.13's home of the classes
+        for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")
+    },
+    # training state
+    ("argparse", "Namespace"): (INERT, "DETR's and timm's saved `args`: kept as inert data"),
+    **{
+        (module, name): (INERT, "numpy scalars and arrays in training state: inert data")
         for module in ("numpy.core.multiarray", "numpy._core.multiarray")
         for name in ("scalar", "_reconstruct")
     },
-    ("numpy", "dtype"): (_inert("numpy.dtype"), "a numpy element type description: inert data"),
-    ("numpy", "ndarray"): (_inert("numpy.ndarray"), "a numpy array header: inert data"),
-    ("pytorch_lightning.utilities.parsing", "AttributeDict"): (InertDict, "Lightning hyper-parameters: a dict"),
-    ("lightning.fabric.utilities.data", "AttributeDict"): (InertDict, "Lightning hyper-parameters: a dict"),
+    ("numpy", "dtype"): (INERT, "a numpy element type description: inert data"),
+    ("numpy", "ndarray"): (INERT, "a numpy array header: inert data"),
+    **{
+        key: (INERT, "a numpy random generator's state (numpy's own constructors and bit generators): inert data")
+        for key in (("numpy.random._pickle", "__generator_ctor"), ("numpy.random._pickle", "__randomstate_ctor"),
+                    ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random", "__RandomState_ctor"),
+                    ("numpy.random._pcg64", "PCG64"), ("numpy.random._pcg64", "PCG64DXSM"),
+                    ("numpy.random._mt19937", "MT19937"), ("numpy.random._philox", "Philox"),
+                    ("numpy.random._sfc64", "SFC64"), ("numpy.random.bit_generator", "SeedSequence"),
+                    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"))
+    },
+    **{
+        (module, "AttributeDict"): (MAPPING, "Lightning hyper-parameters: a dict")
+        for module in ("pytorch_lightning.utilities.parsing", "lightning.fabric.utilities.data",
+                       "lightning_fabric.utilities.data")
+    },
+    # whole-module pickles
     **{
         (f"torch.nn.modules.{module}", name): (
-            _inert(f"torch.nn.modules.{module}.{name}"),
-            "torch's own layer in a whole-module pickle: an inert stub whose recorded state holds the tensors")
+            INERT, "torch's own layer in a whole-module pickle: an inert stub whose recorded state holds the tensors")
         for module, names in TORCH_NN_LAYERS.items()
         for name in names.split()
     },
     ("torch.nn.parallel.data_parallel", "DataParallel"): (
-        _inert("torch.nn.parallel.data_parallel.DataParallel"),
-        "torch's own wrapper layer saved whole (`torch.save(nn.DataParallel(model))`): an inert stub"),
+        INERT, "torch's own wrapper layer saved whole (`torch.save(nn.DataParallel(model))`): an inert stub"),
     **{
-        (module, name): (
-            _inert(f"{module}.{name}"),
-            "the activation torch's own Transformer layers keep (activation='relu'/'gelu'): an inert stub")
+        (module, name): (INERT, "the activation torch's own Transformer layers keep (activation='relu'/'gelu'): "
+                                "an inert stub")
         for module, name in (("torch.nn.functional", "relu"), ("torch._C._nn", "gelu"))
     },
 }
-
-
-def normalise_global(module: str, name: str) -> tuple[str, str]:
-    """Map Python 2 spellings (``__builtin__``, ``copy_reg``) to Python 3 ones, as pickle does."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[(module, name)]
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 PersistentLoad = Callable[[Any], StorageDescriptor]
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles with every global resolved through the allowlist or to an inert stub.
+    """Unpickles with every global resolved through the allowlist or to an inert stub made for
+    this pickle; uses go to ``ledger``."""
 
-    Globals are appended to ``seen`` as they are named, so a caller still has them when the
-    pickle later turns out to be corrupt.
-    """
-
-    def __init__(self, stream: BinaryIO, where: str, persistent_load: PersistentLoad | None,
-                 seen: list[PickleGlobal]) -> None:
+    def __init__(self, stream: BinaryIO, ledger: _Ledger, persistent_load: PersistentLoad | None) -> None:
         super().__init__(stream, encoding="latin1")
-        self.where = where
-        self.seen = seen
+        self.ledger = ledger
         self._persistent = persistent_load
+        self._resolved: dict[tuple[str, str], Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        module, name = normalise_global(str(module), str(name))
-        entry = ALLOWLIST.get((module, name))
-        self.seen.append(PickleGlobal(module, name, self.where, entry is not None))
-        return entry[0] if entry else _inert_class(f"{module}.{name}")
+        key = normalise_global(str(module), str(name))
+        if key not in self._resolved:
+            self.ledger.named(key)
+            self._resolved[key] = self._resolve(key)
+        return self._resolved[key]
+
+    def _resolve(self, key: tuple[str, str]) -> Any:
+        value = ALLOWLIST[key][0] if key in ALLOWLIST else INERT
+        if value is INERT:
+            return self._class(key, InertObject, "Inert")
+        if value is MAPPING:
+            return self._class(key, InertDict, "InertDict")
+        if isinstance(value, Call):
+            return _BoundCall(value.function, self.ledger)
+        return value
+
+    def _class(self, key: tuple[str, str], base: type, name: str) -> type:
+        return type(name, (base,), {"ckpt_global": ".".join(key), "ckpt_key": key, "ckpt_ledger": self.ledger,
+                                    "__module__": __name__})
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
-            raise CheckpointError(f"{self.where}: unexpected persistent id")
+            raise CheckpointError(f"{self.ledger.where}: unexpected persistent id")
         if (module_class := _legacy_module_class(pid)) is not None:
             return module_class
         return self._persistent(pid)
@@ -326,12 +560,16 @@ def storage_descriptor(pid: Any) -> StorageDescriptor:
 
 def unpickle(stream: BinaryIO, where: str, seen: list[PickleGlobal],
              persistent_load: PersistentLoad | None = storage_descriptor) -> Any:
-    """Unpickle one pickle from ``stream`` safely, appending the globals it names to ``seen``.
+    """Unpickle one pickle from ``stream`` safely, appending the globals it names to ``seen``
+    (also when it fails: a file that is malicious *and* broken is still judged).
 
     Any failure inside the pickle becomes a CheckpointError naming ``where``.
     """
+    ledger = _Ledger(where)
     try:
-        return RestrictedUnpickler(stream, where, persistent_load, seen).load()
+        data = walk(stream, ledger)
+        ledger.budget = CELLS_PER_BYTE * len(data) + CELLS_FLOOR
+        return RestrictedUnpickler(io.BytesIO(data), ledger, persistent_load).load()
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc.message}") from None
     except RecursionError:
@@ -339,3 +577,5 @@ def unpickle(stream: BinaryIO, where: str, seen: list[PickleGlobal],
     except Exception as exc:  # noqa: BLE001 - any failure inside a hostile pickle means "corrupt"
         detail = f": {str(exc).splitlines()[0][:120]}" if str(exc) else ""
         raise CheckpointError(f"{where}: corrupt pickle ({type(exc).__name__}{detail})") from None
+    finally:
+        seen.extend(ledger.records())

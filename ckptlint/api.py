@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+from ckptlint.diagnose import diagnose
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.engine.rules import Rule
 from ckptlint.engine.runner import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.selection import Selection
-from ckptlint.errors import CheckpointError
+from ckptlint.errors import CheckpointError, ConfigError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.model_check import ModelContext
 from ckptlint.facts.score import ScoreEntry, score_summary
 from ckptlint.facts.transfer import TransferContext, TransferOptions
 from ckptlint.fingerprint import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
-from ckptlint.io.open import open_checkpoint
+from ckptlint.io.folder import pickle_files
+from ckptlint.io.open import open_checkpoint, scanned_globals
+from ckptlint.io.unpickler import PickleGlobal
 from ckptlint.model_factory import load_model
 from ckptlint.model import Finding, FileSummary, PairRecord, ReadError, Report
 from ckptlint.progress import NoProgress, Progress
 
 
 MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
+DEBUG_ENV = "CKPTLINT_DEBUG"  # set: an unexpected exception while checking a file is raised, not recorded
 SCORES = ("score", "parameters", "score_by_tensors", "tensors")
 
 
@@ -42,6 +47,7 @@ class Options:
     pretrained_key: str | None = None
     transfer: TransferOptions = field(default_factory=TransferOptions)
     model: str | None = None  # package.module:factory building the model to load into
+    allow_globals: tuple[str, ...] = ()  # pickle globals the project trusts (`allow-globals`)
 
 
 @cache
@@ -68,23 +74,51 @@ class _Job:
         self.options = options
         self.report = report
         self.progress = progress
-        self.evaluator = Evaluator(_rules(options.rule_folders), options.selection)
+        self.evaluator = Evaluator(_rules(options.rule_folders), options.selection, options.allow_globals)
         self.findings: list[Finding] = []
         self.score_entries: list[ScoreEntry] = []
         self.by_file: dict[str, dict[str, Any]] = {}  # each target's transfer: expectation, score, scope
 
+    @contextmanager
+    def _guard(self, path: str, pickle_globals: Sequence[PickleGlobal] = ()) -> Iterator[None]:
+        """One file's failure is one error entry and the run goes on; the security rules still
+        judge what its pickles named (``pickle_globals``, or those a CheckpointError carries). An
+        exception ckptlint did not expect is that file's internal error — raised instead when
+        CKPTLINT_DEBUG is set, so that the tests fail on it. A usage error stops the whole run."""
+        try:
+            yield
+        except ConfigError:
+            raise
+        except CheckpointError as exc:
+            self.report.errors.append(ReadError(exc.path or path, exc.message))
+            self.findings += check_pickle_globals(self.evaluator, [*pickle_globals, *exc.pickle_globals], path,
+                                                  {"path": path})
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            if os.environ.get(DEBUG_ENV):
+                raise
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            self.report.errors.append(ReadError(path, f"internal error while reading: {type(exc).__name__}: {detail}"))
+            self.findings += check_pickle_globals(self.evaluator, list(pickle_globals), path, {"path": path})
+
     def open(self, source: str | Checkpoint, key: str | None) -> Checkpoint | None:
-        """Open a checkpoint (or take an in-memory one), or record why not (still judging any
-        pickle globals it named)."""
+        """Open a checkpoint (or take an in-memory one), or record why not. A folder's other
+        pickles are scanned either way."""
         if isinstance(source, Checkpoint):
             return source
-        path = source
-        try:
-            return open_checkpoint(path, key)
-        except CheckpointError as exc:
-            self.report.errors.append(ReadError(path, exc.message))
-            self.findings += check_pickle_globals(self.evaluator, exc.pickle_globals, path, {"path": path})
-            return None
+        checkpoint = None
+        with self._guard(source):
+            checkpoint = open_checkpoint(source, key)
+        if os.path.isdir(source):
+            self._scan_folder(source, checkpoint)
+        return checkpoint
+
+    def _scan_folder(self, folder: str, checkpoint: Checkpoint | None) -> None:
+        """Every file of a checked folder a loader could unpickle, besides the weights read, is
+        judged by the security rules under its own path."""
+        read = {info.path for info in checkpoint.files} if checkpoint else set()
+        for path in pickle_files(folder, read):
+            with self._guard(path):
+                self.findings += check_pickle_globals(self.evaluator, scanned_globals(path), path, {"path": path})
 
     def run(self, sources: Sequence[str | Checkpoint]) -> None:
         options = self.options
@@ -97,9 +131,7 @@ class _Job:
                 if pretrained is not None:
                     stack.enter_context(pretrained)
             model = stack.enter_context(load_model(options.model)) if options.model else None
-            pretrained_facts = CheckpointFacts(pretrained) if pretrained else None
-            if pretrained_facts is not None:
-                self._describe_pretrained(pretrained_facts)
+            pretrained_facts = self._describe_pretrained(pretrained) if pretrained else None
             model_facts = CheckpointFacts(model) if model else None
             for source in sources:
                 checkpoint = self.open(source, options.key)
@@ -107,37 +139,42 @@ class _Job:
                     with checkpoint:
                         self._check(checkpoint.path, checkpoint, pretrained_facts, model_facts)
 
-    def _describe_pretrained(self, facts: CheckpointFacts) -> None:
-        """The pretrained file's own block: its summary, its pickle's safety, its file rules
-        (does it look trained at all?); once per run."""
-        pretrained = facts.checkpoint
-        if pretrained.path in {f.path for f in self.report.files if f.role == "pretrained"}:
-            return
-        self.report.files.append(_summary(pretrained.path, pretrained, self.options, "pretrained", self.progress))
-        file_facts = facts.file_facts("pretrained")
-        self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals, pretrained.path, file_facts)
-        self.findings += self.evaluator.run_scope("file", file_facts, pretrained.path, None, {"file": file_facts})
+    def _describe_pretrained(self, pretrained: Checkpoint) -> CheckpointFacts | None:
+        """The pretrained file's facts and its own block: its summary, its pickle's safety, its
+        file rules (does it look trained at all?); once per run. None when it fails."""
+        with self._guard(pretrained.path):
+            facts = CheckpointFacts(pretrained)
+            if pretrained.path in {f.path for f in self.report.files if f.role == "pretrained"}:
+                return facts
+            self.report.files.append(_summary(pretrained.path, pretrained, self.options, "pretrained", self.progress))
+            file_facts = facts.file_facts("pretrained")
+            self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals, pretrained.path,
+                                                  file_facts)
+            self.findings += self.evaluator.run_scope("file", file_facts, pretrained.path, None, {"file": file_facts})
+            return facts
+        return None
 
     def _check(self, path: str, checkpoint: Checkpoint, pretrained: CheckpointFacts | None,
                model: CheckpointFacts | None) -> None:
-        self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
-        facts = CheckpointFacts(checkpoint)
-        try:
+        judged = None
+        # until its findings are in, a failure (a tensor's bytes turn out unreadable) loses them:
+        # the guard judges the file's pickle globals then
+        with self._guard(path, checkpoint.pickle_globals):
+            self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
+            facts = CheckpointFacts(checkpoint)
             transfer = TransferContext(facts, pretrained, self.options.transfer) if pretrained else None
             model_context = ModelContext(checkpoint, model) if model else None
             if model_context is not None and model_context.mapping is not None:
                 self.report.files[-1] = replace(self.report.files[-1], key_mapping=model_context.mapping.summary())
             references = [r for r in (transfer, model_context) if r]
             self.findings += check_checkpoint(self.evaluator, facts, path, references, self.progress)
-        except CheckpointError as exc:  # a tensor's bytes turned out unreadable
-            self.report.errors.append(ReadError(exc.path or path, exc.message))
-            return
-        if transfer is not None:
-            self._record_transfer(path, transfer)
+            judged = transfer
+        if judged is not None:
+            self._record_transfer(path, judged)
 
     def _record_transfer(self, path: str, transfer: TransferContext) -> None:
         self.report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
-                                         p.summary()) for p in transfer.judged]
+                                         p.summary(), p["numel"], p["module_kind"]) for p in transfer.judged]
         for pair in transfer.judged:
             if pair["histogram"] and len(self.report.histograms) < MAX_HISTOGRAMS:
                 self.report.histograms[(path, pair["target"])] = pair["histogram"]
@@ -170,6 +207,7 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_
     progress.finish()
     report.transfer = _transfer(entries, by_file)
     report.sort()
+    report.diagnoses = diagnose(report)  # after the baseline: a cause whose findings are all accepted is gone
     return report
 
 

@@ -88,10 +88,14 @@ def cli() -> None:
 @click.option("--model", metavar="MODULE:FACTORY",
               help="Build the model with your own package.module:factory and report what load_state_dict "
                    "would say (missing, unexpected keys, shape mismatches).")
+@click.option("--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",
+              help="Trust pickles to invoke this global (your own class); repeatable. Never overrides the denylist.")
 @click.option("--baseline", metavar="FILE", help="Suppress findings recorded in this baseline file.")
 @click.option("--write-baseline", metavar="FILE", help="Record every current finding in a baseline file.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Text report: every finding, and how each transfer was judged (not only one line per cause).")
 def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, no_hash: bool,
-          write_baseline: str | None, **given: Any) -> int:
+          write_baseline: str | None, verbose: bool, **given: Any) -> int:
     """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
     from ckptlint.api import run_jobs
     from ckptlint.baseline import render_baseline
@@ -100,6 +104,8 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     from ckptlint.report.github import render_step_summary
     from ckptlint.report.text import tally_line
 
+    if verbose and fmt != "text":
+        raise click.UsageError(f"--verbose changes only the text report, not --format {fmt}")
     settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
     for name in ("select", "ignore"):
         if name in settings:
@@ -109,7 +115,7 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     # Only the JSON report shows the files' SHA-256, and hashing reads every byte.
     jobs = resolve_jobs(paths, settings, load_config(paths, config_path), hash_files=fmt == "json" and not no_hash)
     report = run_jobs(jobs, progress=Progress(sys.stderr))
-    _emit(renderer(fmt)(report), output)
+    _emit(renderer(fmt, verbose)(report), output)
     if write_baseline:
         write_atomically(write_baseline, render_baseline(report.findings + report.suppressed, report.source_root))
     if fmt == "github" and os.environ.get("GITHUB_STEP_SUMMARY"):

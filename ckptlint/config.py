@@ -31,7 +31,7 @@ PER_TARGET = {"pretrained", "pretrained-key", "key", "scope", "maps", "expect", 
 # nothing, silently, so they are a usage error.
 NEEDS_PRETRAINED = ("pretrained-key", "scope", "maps", "preset", "max-drift", "min-score")
 TOP_LEVEL = PER_TARGET | {"select", "ignore", "fail-on", "baseline", "severity", "params",
-                          "per-key-ignores", "targets"}
+                          "per-key-ignores", "targets", "allow-globals"}
 PATH_SETTINGS = ("pretrained", "baseline")
 
 
@@ -104,6 +104,8 @@ def _trusted(config: Config) -> Config:
         problems.append("its `select` leaves out unsafe-pickle")
     if config.settings.get("fail-on") == "never":
         problems.append("`fail-on = \"never\"` turns the gate off")
+    if config.settings.get("allow-globals"):
+        problems.append("`allow-globals` lets pickles run the code it names")
     if problems:
         raise ConfigError(f"found by discovery, this configuration may not do what it asks: {'; '.join(problems)}. "
                           "Name it with --config (or lint(config=PATH)) if you trust it", config.path)
@@ -216,7 +218,17 @@ def options_from_settings(settings: dict[str, Any], hash_files: bool, source: st
     )
     return Options(selection=selection, fail_on=settings.get("fail-on", "error"), key=settings.get("key"),
                    hash_files=hash_files, pretrained=settings.get("pretrained"),
-                   pretrained_key=settings.get("pretrained-key"), transfer=transfer, model=settings.get("model"))
+                   pretrained_key=settings.get("pretrained-key"), transfer=transfer, model=settings.get("model"),
+                   allow_globals=_allow_globals(settings.get("allow-globals", ()), source))
+
+
+def _allow_globals(value: Any, source: str | None) -> tuple[str, ...]:
+    """``allow-globals``: exact ``module.name`` globals the project trusts its pickles to invoke."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(
+            isinstance(n, str) and "." in n.strip(".") and not set(n) & set(" *?[]") for n in names):
+        raise ConfigError(f"allow-globals must be a list of exact module.name globals, not {value!r}", source)
+    return tuple(names)
 
 
 def _params(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:

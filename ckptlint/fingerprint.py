@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
-from ckptlint.model import Finding
+from ckptlint.model import Diagnosis, Finding
 
 
 def find_source_root(start: str | os.PathLike[str] = ".") -> str:
@@ -30,4 +30,10 @@ def relative_path(path: str, root: str) -> str:
 def fingerprint(finding: Finding, root: str) -> str:
     """Rule, file (relative to the source root) and key: what a finding is about, not its numbers."""
     text = "\0".join((finding.code, relative_path(finding.file, root), finding.key or ""))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def diagnosis_fingerprint(diagnosis: Diagnosis, root: str) -> str:
+    """Kind, file (relative to the source root) and modules: the cause, not its numbers."""
+    text = "\0".join((diagnosis.kind, relative_path(diagnosis.file, root), *diagnosis.modules))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

@@ -64,6 +64,33 @@ class PairRecord:
     how: str
     verdict: str
     evidence: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    numel: int = 0  # values of the pretrained tensor: what the score counts
+    module_kind: str = ""  # conv, batchnorm, ... of the target tensor's module
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Findings that share one cause, said once: what went wrong, where, and how to fix it."""
+
+    kind: str  # a kind of cause, declared in ckptlint/data/diagnoses.toml
+    file: str  # the file the cause lies in
+    title: str
+    fix: str
+    severity: str  # the worst of its findings
+    modules: tuple[str, ...]  # the smallest set of modules covering its tensors
+    tensors: tuple[str, ...]  # the tensor keys it is about
+    parameters: int
+    evidence: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    findings: tuple[Finding, ...] = field(default=(), hash=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        """Stable across runs and unique in a report: one diagnosis per kind and file."""
+        return f"{self.kind}:{self.file}"
+
+    @property
+    def rules(self) -> list[str]:
+        return sorted({f.name for f in self.findings})
 
 
 @dataclass
@@ -76,6 +103,7 @@ class Report:
     pairs: list[PairRecord] = field(default_factory=list)
     transfer: dict[str, Any] | None = None  # score, expectation, by_stage, by_file; None when nothing was scored
     suppressed: list[Finding] = field(default_factory=list)  # accepted in a baseline
+    diagnoses: list[Diagnosis] = field(default_factory=list)  # active findings grouped by cause
     rules: list[dict[str, Any]] = field(default_factory=list)  # the enabled rules, described
     histograms: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)  # (file, key)
     fail_on: str = "error"
@@ -99,11 +127,18 @@ class Report:
     def ok(self) -> bool:
         return not self.failing and not self.errors
 
-    def render(self, fmt: str = "text") -> str:
-        """The report as ``text``, ``json``, ``sarif``, ``html`` or ``github``."""
+    @property
+    def undiagnosed(self) -> list[Finding]:
+        """Findings no diagnosis covers: reports show them one by one."""
+        covered = {finding for diagnosis in self.diagnoses for finding in diagnosis.findings}
+        return [f for f in self.findings if f not in covered]
+
+    def render(self, fmt: str = "text", verbose: bool = False) -> str:
+        """The report as ``text``, ``json``, ``sarif``, ``html`` or ``github``; ``verbose``: the
+        text report lists every finding and how each transfer was judged."""
         from ckptlint.report import renderer  # the reporters import this module
 
-        return renderer(fmt)(self)
+        return renderer(fmt, verbose)(self)
 
     def why_failed(self) -> str | None:
         """One line saying why the check fails (None when it passes)."""
@@ -121,7 +156,12 @@ class Report:
         return "; ".join(parts) or None
 
     def exit_code(self) -> int:
-        """2 when a file could not be read, 1 when findings reach ``fail_on``, else 0."""
-        if self.errors:
-            return 2
-        return 1 if self.failing else 0
+        """1 when findings reach ``fail_on``, else 2 when a file could not be read, else 0.
+
+        Findings decide first: the gate's answer is already "fail" (an ``unsafe-pickle`` in one
+        file stays exit 1 however many other files were unreadable); 2 says only that the answer is
+        unknown for some file.
+        """
+        if self.failing:
+            return 1
+        return 2 if self.errors else 0

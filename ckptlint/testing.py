@@ -25,16 +25,20 @@ def assert_transferred(model_or_state_dict: Any, pretrained: Any, **options: Any
 
 
 def failure_message(report: Report) -> str:
-    """What a failing test shows: why, the score, the first failing findings (most severe first),
-    and how many more; the whole report is ``report.render("text")``."""
+    """What a failing test shows: why, the score, each failing cause with its fix, the first
+    failing findings no diagnosis covers (most severe first), and how many more; the whole report
+    is ``report.render("text", verbose=True)``."""
     lines = [f"ckptlint: the weights do not reflect the pretrained ones: {report.why_failed()}"]
     if report.transfer is not None:
         lines.append(f"transfer score {percent(report.transfer['score'])} of {report.transfer['parameters']} "
                      f"parameters; judged as {report.transfer['expect']}: {report.transfer['expect_reason']}")
     lines += [f"  {e.file}: {e.message}" for e in report.errors]
-    failing = report.failing
-    lines += [f"  {f.severity} {f.name} {f.key or f.file}: {f.message}" for f in failing[:MAX_LISTED]]
-    if len(failing) > MAX_LISTED:
-        lines.append(f"  ... and {len(failing) - MAX_LISTED} more (report.render('text') has them all)")
+    failing = set(report.failing)
+    lines += [f"  {d.severity} {d.title}. Fix: {d.fix}" for d in report.diagnoses
+              if any(f in failing for f in d.findings)]
+    alone = [f for f in report.undiagnosed if f in failing]
+    lines += [f"  {f.severity} {f.name} {f.key or f.file}: {f.message}" for f in alone[:MAX_LISTED]]
+    if len(alone) > MAX_LISTED:
+        lines.append(f"  ... and {len(alone) - MAX_LISTED} more (report.render('text', verbose=True) has them all)")
     lines.append(tally_line(report))
     return "\n".join(lines)

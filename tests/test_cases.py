@@ -1,8 +1,12 @@
-"""Every fixture case folder: the exact findings, what must not be reported, the exit code.
+"""Every fixture case folder: the exact findings, what must not be reported, the exit code, and
+the exact diagnoses.
 
 A new case is a new folder under fixtures/cases with a case.toml; no new test code. An expected
 finding names an exact ``key`` (``""`` for a whole-file finding), or a ``key_glob`` with the
 ``count`` of findings of that rule it must match; every finding must be expected by some entry.
+``diagnoses`` lists every diagnosis by ``kind`` (one per kind in a case), with its ``modules`` (or
+their ``module_count``), ``tensors``, ``parameters``, number of ``findings``, ``severity``, a part of
+its ``title`` and ``evidence`` values; nothing else may be diagnosed.
 """
 
 from __future__ import annotations
@@ -63,6 +67,30 @@ def test_case(folder: Path, run) -> None:
     if "pairs_verdicts" in case:
         assert Counter(p["verdict"] for p in result.json["pairs"]) == Counter(case["pairs_verdicts"])
     _assert_honest_score(result.json)
+    _assert_diagnoses(case["diagnoses"], result.json)
+
+
+def _assert_diagnoses(expected: list[dict], report: dict) -> None:
+    """Exactly the expected diagnoses; each holds findings of the rules it names, none twice."""
+    diagnoses = {d["kind"]: d for d in report["diagnoses"]}
+    assert len(diagnoses) == len(report["diagnoses"]), "one diagnosis per kind in a case"
+    assert sorted(diagnoses) == sorted(e["kind"] for e in expected), "diagnosed kinds"
+    for entry in expected:
+        diagnosis = diagnoses[entry["kind"]]
+        for name in ("modules", "tensors", "parameters", "severity"):
+            if name in entry:
+                assert diagnosis[name] == entry[name], f"{entry['kind']}: {name}"
+        if "module_count" in entry:
+            assert len(diagnosis["modules"]) == entry["module_count"], f"{entry['kind']}: modules"
+        if "findings" in entry:
+            assert len(diagnosis["findings"]) == entry["findings"], f"{entry['kind']}: findings"
+        assert entry.get("title", "") in diagnosis["title"]
+        for name, value in entry.get("evidence", {}).items():
+            assert diagnosis["evidence"][name] == value, f"{entry['kind']}: evidence {name}"
+    grouped = [i for d in report["diagnoses"] for i in d["findings"]]
+    assert len(grouped) == len(set(grouped)), "a finding in two diagnoses"
+    for diagnosis in report["diagnoses"]:
+        assert sorted({report["findings"][i]["name"] for i in diagnosis["findings"]}) == diagnosis["rules"]
 
 
 def _assert_honest_score(report: dict) -> None:

@@ -247,7 +247,7 @@ def test_an_interrupted_run_leaves_no_report(tmp_path: Path, monkeypatch, run) -
     def interrupted(report):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "renderer", lambda fmt: interrupted)
+    monkeypatch.setattr(cli, "renderer", lambda fmt, verbose=False: interrupted)
     result = run("check", str(CASES / "non-finite" / "model.pt"), "--format", "json", "-o", str(out))
     assert result.code == 2
     assert out.read_text() == "the previous report\n"

@@ -56,10 +56,17 @@ def test_html_report_in_chromium(tmp_path: Path, run) -> None:
         page.select_option("#filter-rule", "")
         page.click("th[data-sort='3']")
         first_key = page.locator("#findings tbody tr").first.locator("td").nth(3).inner_text()
-        page.click("a[href='#rule-not-transferred']")
+        page.click("#findings a[href='#rule-not-transferred']")
+        hash_after = page.evaluate("location.hash")
+        diagnoses = page.locator("details.diagnosis")
+        hidden_before = diagnoses.first.locator("tbody tr").first.is_visible()
+        diagnoses.first.locator("summary").click()
         return {"before": before, "filtered": filtered, "first_key": first_key,
-                "hash": page.evaluate("location.hash"), "svgs": page.locator("figure svg").count(),
-                "stages": page.locator("text=layer4").count()}
+                "hash": hash_after, "svgs": page.locator("figure svg").count(),
+                "stages": page.locator("text=layer4").count(),
+                "diagnoses": [d.locator("summary").inner_text() for d in diagnoses.all()],
+                "expanded": [hidden_before, diagnoses.first.locator("tbody tr").count(),
+                             diagnoses.first.locator("tbody tr").first.is_visible()]}
 
     seen = _open(out, interact)
     assert seen["errors"] == [] and seen["outside"] == []
@@ -67,6 +74,9 @@ def test_html_report_in_chromium(tmp_path: Path, run) -> None:
     assert seen["first_key"].startswith("backbone.0.body.layer4.0.")
     assert seen["hash"] == "#rule-not-transferred"
     assert seen["svgs"] == 50  # one histogram per re-initialised tensor
+    assert len(seen["diagnoses"]) == 2 and seen["diagnoses"][0].startswith("error layer4 re-initialised")
+    assert seen["expanded"] == [False, 60, True]  # a diagnosis opens onto its findings
+    assert "61.2k" in seen["text"] and "61184" not in seen["text"]  # numbers people read
     assert "38.1%" in seen["text"] and "Module tree" in seen["text"] and "Transfer by stage" in seen["text"]
     assert seen["shot"].stat().st_size > 20_000
 

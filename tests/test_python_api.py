@@ -100,6 +100,9 @@ def test_seed_scenarios_naive_interpolated_selective() -> None:
     not_transferred = {f.key for f in report.findings if f.name == "not-transferred"}
     assert not_transferred == {k for k in naive.state_dict() if k.startswith("backbone.0.body.")}
     assert report.transfer["score"] == 0.0 and not report.ok
+    nothing_loaded, head = report.diagnoses
+    assert nothing_loaded.kind == "nothing-loaded" and head.kind == "head-dropped" and not report.undiagnosed
+    assert '{"backbone.0.body." + k: v for k, v in sd.items()}' in nothing_loaded.fix
 
     interpolated = DetrLike(in_channels=4)
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("fc.") and "num_batches" not in k}
@@ -116,6 +119,7 @@ def test_seed_scenarios_naive_interpolated_selective() -> None:
     report = ckptlint.lint(selective, pretrained)
     (finding,) = [f for f in report.findings if f.name == "not-transferred"]
     assert finding.key == "backbone.0.body.layer2.0.weight" and finding.evidence["init"] == "xavier_uniform"
+    assert report.diagnoses[0].title.startswith("layer2.0 re-initialised (xavier_uniform convolutions): 1 tensor,")
     assert report.transfer["by_stage"]["layer1"]["score"] == 1.0 and report.transfer["by_stage"]["layer2"]["score"] < 1
 
 

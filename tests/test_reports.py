@@ -27,16 +27,24 @@ def test_sarif_validates_and_is_ready_for_code_scanning(folder: Path, run) -> No
     assert driver["name"] == "ckptlint" and driver["semanticVersion"] and driver["informationUri"]
     rule_ids = [rule["id"] for rule in driver["rules"]]
     json_report = run(*case["args"], "--format", "json", "--no-hash", cwd=folder).json
-    assert len(sarif_run["results"]) == len(json_report["findings"])
+    diagnoses = {d["id"]: d for d in json_report["diagnoses"]}
+    diagnosed = sum(len(d["findings"]) for d in diagnoses.values())
+    assert len(sarif_run["results"]) == len(diagnoses) + len(json_report["findings"]) - diagnosed
     for result_entry in sarif_run["results"]:
         assert rule_ids[result_entry["ruleIndex"]] == result_entry["ruleId"]
         (location,) = result_entry["locations"]
         artifact = location["physicalLocation"]["artifactLocation"]
         assert artifact["uriBaseId"] == "%SRCROOT%" and not artifact["uri"].startswith("/")
         assert "region" not in location["physicalLocation"]
-        key = location.get("logicalLocations", [{}])[0].get("fullyQualifiedName")
-        if key:
-            assert result_entry["message"]["text"].startswith(key + ":")
+        diagnosis = diagnoses.get(result_entry["properties"].get("diagnosis"))
+        if diagnosis:  # one result for the cause: its title first, its modules and tensors listed
+            assert result_entry["message"]["text"].startswith(diagnosis["title"])
+            assert [m["fullyQualifiedName"] for m in location.get("logicalLocations", [])] == diagnosis["modules"]
+            assert len(result_entry["properties"]["tensors"]) == diagnosis["tensors"]
+        else:
+            key = location.get("logicalLocations", [{}])[0].get("fullyQualifiedName")
+            if key:
+                assert result_entry["message"]["text"].startswith(key + ":")
         assert result_entry["partialFingerprints"]["primaryLocationLineHash"]
     assert sarif_run["automationDetails"]["id"]
     assert sarif_run["invocations"][0]["executionSuccessful"] is True
@@ -90,6 +98,32 @@ def test_github_annotations_are_escaped_and_summary_is_written(tmp_path: Path, r
     assert "odd%2C name.pt" in line and "w,with:odd%25chars%0Anewline: 1 of 1" in line
     text = summary.read_text()
     assert text.startswith("earlier step\n") and "### ckptlint failed" in text and "`non-finite`" in text
+
+
+def test_a_pull_request_gets_one_annotation_per_cause(run) -> None:
+    args = ("check", str(CASES / "transfer-selective" / "detr.pth"), "--pretrained",
+            str(REPO / "fixtures" / "models" / "resnet50_tiny.pth"))
+    annotations = run(*args, "--format", "github").out.splitlines()
+    assert len(annotations) <= 3 and annotations[0].startswith("::error file=")
+    assert "detr.pth,title=ckptlint reinitialized::layer4 re-initialised (xavier_uniform" in annotations[0]
+    assert "%0ATensors (50): backbone.0.body.layer4.0.bn1.bias, " in annotations[0]
+    naive = run("check", str(CASES / "transfer-naive-copy" / "detr.pth"), *args[2:], "--format", "github").out
+    (error,) = [line for line in naive.splitlines() if line.startswith("::error")]
+    assert 'load_state_dict({"backbone.0.body." + k: v for k, v in sd.items()}, strict=False)' in error
+
+
+def test_baseline_drops_a_diagnosis_whose_findings_are_all_accepted(tmp_path: Path, run) -> None:
+    args = ("check", str(CASES / "transfer-selective" / "detr.pth"), "--pretrained",
+            str(REPO / "fixtures" / "models" / "resnet50_tiny.pth"))
+    baseline = tmp_path / "baseline.json"
+    run(*args, "--write-baseline", str(baseline), "--select", "not-transferred,default-bn-stats")
+    quiet = run(*args, "--baseline", str(baseline), "--format", "json")
+    assert quiet.code == 0 and [d["kind"] for d in quiet.json["diagnoses"]] == ["head-dropped"]
+    assert len(quiet.json["suppressed"]) == 60
+    sarif = json.loads(run(*args, "--baseline", str(baseline), "--format", "sarif").out)
+    VALIDATOR.validate(sarif)
+    results = sarif["runs"][0]["results"]
+    assert len(results) == 61 and sum("suppressions" in r for r in results) == 60  # accepted ones stay listed
 
 
 def test_baseline_suppresses_accepted_findings(tmp_path: Path, run) -> None:

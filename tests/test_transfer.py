@@ -117,7 +117,8 @@ def test_alignment_reads_each_tensor_at_most_once(tmp_path: Path) -> None:
 
 def test_report_fields_and_text_table(run) -> None:
     report = run("check", DETR, "--pretrained", PRETRAINED, "--format", "json", "--no-hash").json
-    assert set(report["pairs"][0]) == {"file", "target", "pretrained", "how", "verdict", "evidence"}
+    assert set(report["pairs"][0]) == {"file", "target", "pretrained", "how", "verdict", "evidence", "numel",
+                                       "module_kind"}
     assert {p["verdict"] for p in report["pairs"]} == {"copied"}
     assert [f["role"] for f in report["files"]] == ["pretrained", "target"]
     assert set(report["transfer"]) == {"score", "parameters", "score_by_tensors", "tensors", "expect",
@@ -125,8 +126,8 @@ def test_report_fields_and_text_table(run) -> None:
     assert report["transfer"]["by_module"]["backbone.0.body.layer1.0.conv1"] == 1.0
     assert math.isclose(report["transfer"]["score"], 1.0)
     assert set(report["transfer"]["by_file"][DETR]) == {
-        "expect", "expect_reason", "frozen", "frozen_reason", "scope", "outside_scope", "score", "parameters",
-        "score_by_tensors", "tensors"}
+        "pretrained", "expect", "expect_reason", "frozen", "frozen_reason", "scope", "outside_scope", "score",
+        "parameters", "score_by_tensors", "tensors"}
     text = run("check", DETR, "--pretrained", PRETRAINED, "--no-hash").out
     assert "Transfer: 100.0% of" in text and "layer4    100.0%" in text
 

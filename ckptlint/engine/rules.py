@@ -173,7 +173,7 @@ def load_rule_file(path: Path) -> Rule:
                                                and isinstance(o.get("when"), str) for o in overrides),
            "severity_if entries need a severity and a `when` condition", where)
     cached = code_cache.load(text)
-    compiler = _Compiler(where, cached or {})
+    compiler = Compiler(where, cached or {})
     rule = Rule(
         code=data["code"], name=data["name"], severity=data["severity"], scope=data["scope"],
         docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params,
@@ -194,8 +194,9 @@ def _check(ok: Any, problem: str, where: str) -> None:
         raise RuleError(problem, where)
 
 
-class _Compiler:
-    """Makes one rule file's expressions and message, from cached code where there is some."""
+class Compiler:
+    """Makes one file's expressions and templates (a rule's, the diagnoses'), from cached code
+    where there is some."""
 
     def __init__(self, where: str, cached: dict[str, CodeType]) -> None:
         self.where = where
@@ -207,10 +208,10 @@ class _Compiler:
             raise RuleError(f"{what} must be a non-empty Jinja2 expression", self.where)
         return self._make(Expression, f"expression:{source}", source, what)
 
-    def message(self, source: Any) -> MessageTemplate:
+    def message(self, source: Any, what: str = "message") -> MessageTemplate:
         if not isinstance(source, str) or not source.strip():
-            raise RuleError("message must be a non-empty Jinja2 template", self.where)
-        return self._make(MessageTemplate, f"message:{source}", source, "message")
+            raise RuleError(f"{what} must be a non-empty Jinja2 template", self.where)
+        return self._make(MessageTemplate, f"message:{source}", source, what)
 
     def _make(self, kind: type, key: str, source: str, what: str) -> Any:
         try:

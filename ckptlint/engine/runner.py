@@ -35,8 +35,9 @@ def plain(value: Any) -> Any:
 class Evaluator:
     """The enabled rules, grouped by scope, and how to turn a true condition into a Finding."""
 
-    def __init__(self, rules: Iterable[Rule], selection: Selection) -> None:
+    def __init__(self, rules: Iterable[Rule], selection: Selection, allow_globals: Iterable[str] = ()) -> None:
         self.selection = selection
+        self.allow_globals = frozenset(allow_globals)  # the project's additions to the pickle allowlist
         self.rules = selection.enabled(rules)
         self._params = {rule.code: selection.params_of(rule) for rule in self.rules}
         self._by_scope: dict[str, list[Rule]] = defaultdict(list)
@@ -72,7 +73,7 @@ def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: 
                          file_facts: Mapping[str, Any]) -> list[Finding]:
     """The security rules; they also run on files that failed to read past their pickle."""
     findings = []
-    for facts in distinct_global_facts(items):
+    for facts in distinct_global_facts(items, evaluator.allow_globals):
         findings += evaluator.run_scope("pickle-global", facts, file, None, {"file": file_facts})
     return findings
 

@@ -264,6 +264,7 @@ class TransferContext:
 
     def describe(self) -> dict[str, Any]:
         """What the report says about this target's transfer besides the score."""
-        return {"expect": self.expectation.expect, "expect_reason": self.expectation.reason,
+        return {"pretrained": self.pretrained.path,
+                "expect": self.expectation.expect, "expect_reason": self.expectation.reason,
                 "frozen": len(self.expectation.frozen), "frozen_reason": self.expectation.frozen_reason,
                 "scope": self.alignment.scope, "outside_scope": self.outside_scope()}

@@ -1,8 +1,10 @@
 """Reporters: pure functions from a Report to text; one module per format, imported on use."""
 
+from functools import partial
 from importlib import import_module
 from typing import Callable
 
+from ckptlint.errors import ConfigError
 from ckptlint.model import Report
 
 FORMATS = {
@@ -14,10 +16,16 @@ FORMATS = {
 }
 
 
-def renderer(fmt: str) -> Callable[[Report], str]:
-    """The render function of a format (its module is imported only now)."""
+def renderer(fmt: str, verbose: bool = False) -> Callable[[Report], str]:
+    """The render function of a format (its module is imported only now). ``verbose`` lists
+    every finding in the text report; the other formats always hold them all."""
     module, _, function = FORMATS[fmt].partition(":")
-    return getattr(import_module(module), function)
+    render = getattr(import_module(module), function)
+    if not verbose:
+        return render
+    if fmt != "text":
+        raise ConfigError(f"--verbose changes only the text report, not {fmt}")
+    return partial(render, verbose=True)
 
 
 __all__ = ["FORMATS", "renderer"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 from ckptlint.model import SEVERITIES, Report
-from ckptlint.report.numbers import percent
+from ckptlint.report.diagnosis import tensor_list
+from ckptlint.report.numbers import human_count, percent
 
 COMMANDS = {"error": "error", "warning": "warning", "info": "notice"}
+MAX_NAMED_TENSORS = 50  # an annotation's message names this many of a diagnosis's tensors
 
 
 def _escape_data(text: str) -> str:
@@ -18,10 +20,21 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+def _cell(text: str) -> str:
+    """Text in a markdown table cell (keys come from the files: a ``|`` would split the row)."""
+    return text.replace("|", "\\|")
+
+
 def render_github(report: Report) -> str:
-    """``::error file=PATH,title=ckptlint NAME::KEY: message`` per finding (file-level, no line)."""
+    """One annotation per diagnosis (``::error file=PATH,title=ckptlint KIND::title. Fix: ...``, its
+    tensors on the next lines) and ``::error file=PATH,title=ckptlint NAME::KEY: message`` per finding
+    no diagnosis covers; file-level, no line."""
     lines = []
-    for finding in report.findings:
+    for diagnosis in report.diagnoses:
+        properties = f"file={_escape_property(diagnosis.file)},title={_escape_property('ckptlint ' + diagnosis.kind)}"
+        message = f"{diagnosis.title}. Fix: {diagnosis.fix}.\n{tensor_list(diagnosis, MAX_NAMED_TENSORS)}"
+        lines.append(f"::{COMMANDS[diagnosis.severity]} {properties}::{_escape_data(message.strip())}")
+    for finding in report.undiagnosed:
         subject = f"{finding.key}: " if finding.key else ""
         properties = f"file={_escape_property(finding.file)},title={_escape_property('ckptlint ' + finding.name)}"
         lines.append(f"::{COMMANDS[finding.severity]} {properties}::{_escape_data(subject + finding.message)}")
@@ -43,7 +56,13 @@ def render_step_summary(report: Report) -> str:
                   "", "| stage | score |", "| --- | --- |"]
         lines += [f"| {stage} | {percent(row['score'])} |" for stage, row in report.transfer["by_stage"].items()]
         lines.append("")
-    worst = sorted(report.failing, key=lambda f: f.sort_key())[:20]
+    if report.diagnoses:
+        lines += ["| severity | cause | tensors | parameters | fix |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {d.severity} | {_cell(d.title)} | {len(d.tensors)} | {human_count(d.parameters)} | {_cell(d.fix)} |"
+                  for d in report.diagnoses]
+        lines.append("")
+    undiagnosed = set(report.undiagnosed)
+    worst = sorted((f for f in report.failing if f in undiagnosed), key=lambda f: f.sort_key())[:20]
     if worst:
         lines += ["| severity | rule | file | key |", "| --- | --- | --- | --- |"]
         lines += [f"| {f.severity} | `{f.name}` | `{f.file}` | `{f.key or ''}` |" for f in worst]

@@ -12,8 +12,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 import ckptlint
-from ckptlint.model import SEVERITIES, Report
-from ckptlint.report.numbers import percent
+from ckptlint.model import SEVERITIES, Diagnosis, Report
+from ckptlint.report.numbers import human_count, percent
 
 # Worst first: a module shows the worst verdict among its tensors.
 VERDICT_ORDER = ("missing", "unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
@@ -32,6 +32,7 @@ _ENVIRONMENT = Environment(loader=PackageLoader("ckptlint.report", "templates"),
                            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 _ENVIRONMENT.filters["number"] = _number
 _ENVIRONMENT.filters["percent"] = percent
+_ENVIRONMENT.filters["count"] = human_count
 
 
 def _worst(verdicts: list[str]) -> str:
@@ -74,6 +75,13 @@ def _histogram(data: dict[str, list[float]]) -> dict[str, Any]:
             "width": HISTOGRAM_WIDTH, "height": HISTOGRAM_HEIGHT}
 
 
+def _diagnosis(diagnosis: Diagnosis) -> dict[str, Any]:
+    return {"severity": diagnosis.severity, "title": diagnosis.title, "fix": diagnosis.fix, "kind": diagnosis.kind,
+            "file": diagnosis.file, "modules": diagnosis.modules, "tensors": len(diagnosis.tensors),
+            "parameters": diagnosis.parameters, "evidence": diagnosis.evidence,
+            "findings": sorted(diagnosis.findings, key=lambda f: f.sort_key())}
+
+
 def view_model(report: Report) -> dict[str, Any]:
     counts = Counter(f.severity for f in report.findings)
     verdicts_by_file: dict[str, dict[str, str]] = defaultdict(dict)
@@ -89,6 +97,7 @@ def view_model(report: Report) -> dict[str, Any]:
         "errors": report.errors,
         "suppressed": len(report.suppressed),
         "files": report.files,
+        "diagnoses": [_diagnosis(d) for d in report.diagnoses],
         "transfer": report.transfer,
         "trees": [(file, _tree(verdicts)) for file, verdicts in sorted(verdicts_by_file.items())],
         "findings": report.findings,

@@ -1,4 +1,5 @@
-"""SARIF 2.1.0 for GitHub code scanning: one run, every enabled rule, file-level locations."""
+"""SARIF 2.1.0 for GitHub code scanning: one run, every enabled rule, file-level locations; one
+result per diagnosis (under the rule of its worst findings) and one per finding no diagnosis covers."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from typing import Any
 from urllib.parse import quote
 
 import ckptlint
-from ckptlint.fingerprint import fingerprint, relative_path
-from ckptlint.model import Finding, Report, severity_rank
+from ckptlint.fingerprint import diagnosis_fingerprint, fingerprint, relative_path
+from ckptlint.model import Diagnosis, Finding, Report, severity_rank
+from ckptlint.report.diagnosis import primary_code, tensor_list
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://pypi.org/project/ckptlint/"
 MAX_RESULTS = 5000  # GitHub code scanning's limit per upload
+MAX_NAMED_TENSORS = 50  # a diagnosis's message names this many tensors; its properties list them all
 LEVELS = {"error": "error", "warning": "warning", "info": "note"}
 
 
@@ -68,6 +71,27 @@ def _result(finding: Finding, index: dict[str, int], root: str, suppressed: bool
     return result
 
 
+def _diagnosis_result(diagnosis: Diagnosis, index: dict[str, int], root: str) -> dict[str, Any]:
+    """One result for the cause, under the rule of its worst and most frequent findings."""
+    code = primary_code(diagnosis)
+    location: dict[str, Any] = {"physicalLocation": {"artifactLocation": _artifact(diagnosis.file, root)}}
+    if diagnosis.modules:
+        location["logicalLocations"] = [{"fullyQualifiedName": m, "kind": "module"} for m in diagnosis.modules]
+    text = f"{diagnosis.title}. Fix: {diagnosis.fix}. {tensor_list(diagnosis, MAX_NAMED_TENSORS)}"
+    return {
+        "ruleId": code,
+        "ruleIndex": index[code],
+        "level": LEVELS[diagnosis.severity],
+        "message": {"text": text.strip()},
+        "locations": [location],
+        "partialFingerprints": {"primaryLocationLineHash": f"{diagnosis_fingerprint(diagnosis, root)}:1"},
+        "properties": {"diagnosis": diagnosis.id, "kind": diagnosis.kind, "rules": diagnosis.rules,
+                       "modules": list(diagnosis.modules), "tensors": list(diagnosis.tensors),
+                       "parameters": diagnosis.parameters, "findings": len(diagnosis.findings),
+                       "evidence": diagnosis.evidence},
+    }
+
+
 def _notification(text: str, level: str, path: str | None, root: str) -> dict[str, Any]:
     note: dict[str, Any] = {"level": level, "message": {"text": text}}
     if path:
@@ -78,22 +102,26 @@ def _notification(text: str, level: str, path: str | None, root: str) -> dict[st
 def render_sarif(report: Report) -> str:
     root = report.source_root
     index = {rule["code"]: i for i, rule in enumerate(report.rules)}
-    ranked = sorted([(f, False) for f in report.findings] + [(f, True) for f in report.suppressed],
-                    key=lambda item: (-severity_rank(item[0].severity), item[1], item[0].sort_key()))
+    # (severity, suppressed, where, result), where sorts like Finding.sort_key
+    items = [(d.severity, False, (d.file, -severity_rank(d.severity), "", d.kind, d.title),
+              _diagnosis_result(d, index, root)) for d in report.diagnoses]
+    items += [(f.severity, suppressed, f.sort_key(), _result(f, index, root, suppressed))
+              for findings, suppressed in ((report.undiagnosed, False), (report.suppressed, True)) for f in findings]
+    ranked = sorted(items, key=lambda item: (-severity_rank(item[0]), item[1], item[2]))
     kept = ranked[:MAX_RESULTS]
     notifications = [_notification(f"{e.file}: {e.message}", "error", e.file, root) for e in report.errors]
     if len(ranked) > MAX_RESULTS:
         notifications.append(_notification(
             f"{len(ranked) - MAX_RESULTS} of {len(ranked)} results were left out (GitHub code scanning takes "
             f"{MAX_RESULTS}); the least severe went first.", "warning", None, root))
-    kept.sort(key=lambda item: item[0].sort_key())
+    kept.sort(key=lambda item: item[2])
     run = {
         "tool": {"driver": {"name": "ckptlint", "semanticVersion": ckptlint.__version__,
                             "version": ckptlint.__version__, "informationUri": INFORMATION_URI,
                             "rules": [_rule(rule) for rule in report.rules]}},
         "automationDetails": {"id": "ckptlint/"},
         "invocations": [{"executionSuccessful": not report.errors, "toolExecutionNotifications": notifications}],
-        "results": [_result(f, index, root, suppressed) for f, suppressed in kept],
+        "results": [result for *_, result in kept],
     }
     log = {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
     return json.dumps(log, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -1,13 +1,18 @@
-"""The human-readable report: why a failing check fails, findings grouped by file (most severe
-first), how each transfer was judged, the transfer score, then a one-line summary."""
+"""The human-readable report: why a failing check fails, one line per diagnosis with its fix,
+one line per file with its verdict (and the findings no diagnosis covers), the transfer score,
+then a one-line summary. Verbose: every finding and how each transfer was judged, under its file."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from typing import Any
 
-from ckptlint.model import SEVERITIES, Finding, Report
+from ckptlint.model import SEVERITIES, Diagnosis, FileSummary, Finding, Report, severity_rank
 from ckptlint.report.numbers import human_count, percent
+
+# How the file line counts a transfer's pairs that are not plain copies.
+VERDICT_PHRASES = {"fine-tuned": "fine-tuned", "cast": "cast", "modified": "changed", "resized": "resized",
+                   "reinitialized": "re-initialised", "unrelated": "unrelated"}
 
 
 def _finding_line(finding: Finding) -> str:
@@ -31,27 +36,76 @@ def _judgement_lines(described: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_text(report: Report) -> str:
+def _diagnosis_line(diagnosis: Diagnosis, with_file: bool) -> str:
+    where = f"{diagnosis.file}: " if with_file else ""
+    return f"{diagnosis.severity:<8} {where}{diagnosis.title}. Fix: {diagnosis.fix}"
+
+
+def _counts(findings: list[Finding]) -> str:
+    """``2 errors, 1 info``: the severities present, most severe first."""
+    counts = Counter(f.severity for f in findings)
+    return ", ".join(f"{counts[s]} {s}{'s' if counts[s] != 1 and s != 'info' else ''}"
+                     for s in reversed(SEVERITIES) if counts[s])
+
+
+def _file_line(summary: FileSummary, findings: list[Finding], report: Report) -> str:
+    """The file, what it is, and its verdict: OK or FAILED, and how much of the pretrained
+    weights its transfer carried."""
+    prefix = f", prefix {summary.stripped_prefix!r} removed" if summary.stripped_prefix else ""
+    role = ", pretrained" if summary.role == "pretrained" else ""
+    threshold = severity_rank(report.fail_on)
+    status = "FAILED" if any(severity_rank(f.severity) >= threshold for f in findings) else "OK"
+    described = report.transfer["by_file"].get(summary.path) if report.transfer else None
+    if described is not None and described["score"] is not None:
+        verdict = f"{status}, {_transfer_phrase(described, summary.path, report)}"
+    else:
+        verdict = f"{status}, {_counts(findings)}" if findings else "no findings"
+    return (f"{summary.path} ({summary.format}, layout {summary.layout}{prefix}, {summary.tensors} tensors, "
+            f"{human_count(summary.parameters)} parameters{role}): {verdict}")
+
+
+def _transfer_phrase(described: dict[str, Any], path: str, report: Report) -> str:
+    """``backbone transfer 100.0% of 98.8k pretrained parameters carried, 42 tensors fine-tuned
+    (judged as fine-tuned)``."""
+    scope = described["scope"]
+    verdicts = Counter(p.verdict for p in report.pairs if p.file == path and p.verdict in VERDICT_PHRASES
+                       and (not scope or p.target.startswith(scope + ".")))
+    changed = [f"{n} {'tensors ' if i == 0 else ''}{VERDICT_PHRASES[v]}"
+               for i, (v, n) in enumerate(sorted(verdicts.items(), key=lambda kv: (-kv[1], kv[0])))]
+    judged = "fine-tuned" if described["expect"] == "finetuned" else "a copy"
+    return (f"{'backbone ' if scope else ''}transfer {percent(described['score'])} of "
+            f"{human_count(described['parameters'])} pretrained parameters carried"
+            f"{''.join(', ' + c for c in changed)} (judged as {judged})")
+
+
+def render_text(report: Report, verbose: bool = False) -> str:
     by_file: dict[str, list[Finding]] = defaultdict(list)
     for finding in report.findings:
         by_file[finding.file].append(finding)
+    shown = report.findings if verbose else report.undiagnosed
+    listed: dict[str, list[Finding]] = defaultdict(list)
+    for finding in shown:
+        listed[finding.file].append(finding)
     why = report.why_failed()
     lines: list[str] = [f"FAILED: {why}"] if why else []
+    with_file = len({d.file for d in report.diagnoses}) > 1
+    lines += [_diagnosis_line(d, with_file) for d in report.diagnoses]
     transfers = report.transfer["by_file"] if report.transfer else {}
     for summary in report.files:
-        prefix = f", prefix {summary.stripped_prefix!r} removed" if summary.stripped_prefix else ""
-        role = ", pretrained" if summary.role == "pretrained" else ""
-        lines.append(f"{summary.path} ({summary.format}, layout {summary.layout}{prefix}, "
-                     f"{summary.tensors} tensors, {human_count(summary.parameters)} parameters{role})")
+        lines.append(_file_line(summary, by_file[summary.path], report))
         if summary.path in transfers:
-            lines += _judgement_lines(transfers[summary.path])
+            judgement = _judgement_lines(transfers[summary.path])
+            # A fine-tuned verdict passes tensors that differ: always say why it was judged so.
+            lines += judgement if verbose else judgement[:1] if transfers[summary.path]["expect"] == "finetuned" else []
         if summary.key_mapping:
             lines.append(f"  {summary.key_mapping['description']}")
-        findings = by_file.pop(summary.path, [])
-        lines += [_finding_line(f) for f in findings] or ["  no findings"]
+        lines += [_finding_line(f) for f in listed.pop(summary.path, [])]
     for error in report.errors:
         lines.append(f"{error.file}: error: {error.message}")
-        lines += [_finding_line(f) for f in by_file.pop(error.file, [])]
+        lines += [_finding_line(f) for f in listed.pop(error.file, [])]
+    for file, findings in sorted(listed.items()):  # a checked folder's other pickles, scanned for safety
+        lines.append(f"{file} (scanned for pickle safety)")
+        lines += [_finding_line(f) for f in findings]
     if report.transfer is not None:
         lines += _transfer_table(report.transfer)
     lines.append(tally_line(report))

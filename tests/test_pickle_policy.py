@@ -365,3 +365,13 @@ def test_what_the_unpickler_sees_invoked_the_walk_saw_first(built: list[corpus.C
             if uses.runtime:
                 assert uses.static - {NAMED} or uses.via, key
 
+
+
+def test_a_torch_dtype_ckptlint_cannot_read_is_unreadable_not_unsafe(tmp_path, run) -> None:
+    """torch.save of a float4 tensor names torch.float4_e2m1fn_x2: torch's own data, not code."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "f4.pt"
+    torch.save({"w": torch.zeros(4, 2, dtype=torch.float4_e2m1fn_x2), "b": torch.ones(3)}, path)
+    result = run("check", str(path), "--format", "json", "--no-hash")
+    assert result.code == 2 and result.json["findings"] == []
+    assert "torch.float4_e2m1fn_x2: ckptlint cannot read that dtype's values" in result.json["errors"][0]["message"]

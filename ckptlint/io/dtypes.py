@@ -112,6 +112,14 @@ TORCH_DTYPE_NAMES = {name: name for name in DTYPES} | {
     "cdouble": "complex128",
 }
 
+# torch element types ckptlint cannot read the values of yet (sub-byte, bit-packed, quantized): a
+# file using one is torch's own data, reported as unreadable, never as an unsafe pickle.
+UNREADABLE_TORCH_DTYPES = (
+    "float4_e2m1fn_x2", "complex32", "chalf", "qint8", "quint8", "qint32", "quint4x2", "quint2x4",
+    "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16",
+    *(f"uint{n}" for n in range(1, 8)), *(f"int{n}" for n in range(1, 8)),
+)
+
 SAFETENSORS_DTYPES = {
     "F64": "float64",
     "F32": "float32",

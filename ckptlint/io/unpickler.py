@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from ckptlint.errors import CheckpointError
-from ckptlint.io.dtypes import DTYPES, TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, DType
+from ckptlint.io.dtypes import DTYPES, TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, UNREADABLE_TORCH_DTYPES, DType
 from ckptlint.io.pickle_walk import (CALLED, GIVEN_STATE, INSTANTIATED, NAMED, USES, Named, normalise_global,
                                      walk)
 
@@ -218,11 +218,12 @@ class StorageType:
 class ElementType:
     """A torch dtype global (``torch.float32``): the element type it names."""
 
-    __slots__ = ("dtype",)
+    __slots__ = ("dtype", "name")
     __setstate__ = _refuse_build
 
-    def __init__(self, dtype: DType) -> None:
-        self.dtype = dtype
+    def __init__(self, dtype: DType | None, name: str = "") -> None:
+        self.dtype = dtype  # None: a torch type whose values ckptlint cannot read (UNREADABLE_TORCH_DTYPES)
+        self.name = name
 
 
 class _Complex(complex):
@@ -293,6 +294,8 @@ def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, _grad:
                        dtype: Any, *_: Any) -> PickledTensor:
     if not isinstance(dtype, ElementType):
         raise CheckpointError("malformed tensor record: dtype is not a torch dtype")
+    if dtype.dtype is None:
+        raise CheckpointError(f"a tensor of torch.{dtype.name}: ckptlint cannot read that dtype's values")
     return _rebuild(storage, offset, size, stride, dtype.dtype)
 
 
@@ -427,6 +430,8 @@ ALLOWLIST: dict[tuple[str, str], tuple[Any, str]] = {
         for storage, dtype in TORCH_STORAGE_TYPES.items()
     },
     **{("torch", alias): (ElementType(DTYPES[name]), "names an element type") for alias, name in TORCH_DTYPE_NAMES.items()},
+    **{("torch", name): (ElementType(None, name), "names an element type ckptlint cannot read (not code)")
+       for name in UNREADABLE_TORCH_DTYPES},
     ("torch", "Size"): (Call(tuple), "a tuple of integers"),
     ("torch", "device"): (INERT, "a device name, kept as inert data"),
     # plain data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,14 @@ from ckptlint.cli import main
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 CASES = FIXTURES / "cases"
+
+
+def fixture_generator():
+    """fixtures/make_fixtures.py as a module: its builders make variants of the shipped fixtures."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session", autouse=True)

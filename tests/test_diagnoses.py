@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,18 +16,11 @@ from ckptlint.diagnose.prefix import missed_prefix, renamed_prefix
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.errors import ConfigError, RuleError
 from ckptlint.model import PairRecord
-from conftest import CASES, FIXTURES
+from conftest import CASES, FIXTURES, fixture_generator
 
 PRETRAINED = str(FIXTURES / "models" / "resnet50_tiny.pth")
 SELECTIVE = str(CASES / "transfer-selective" / "detr.pth")
 NAIVE = str(CASES / "transfer-naive-copy" / "detr.pth")
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cover_climbs_to_the_largest_wholly_affected_subtree_and_no_further() -> None:
@@ -85,7 +77,7 @@ def test_the_fix_for_a_naive_copy_is_code_that_loads_every_backbone_tensor() -> 
 
 
 def test_a_dataparallel_pretrained_file_names_the_module_prefix(tmp_path: Path) -> None:
-    gen = _generator()
+    gen = fixture_generator()
     pretrained = gen.resnet50_state_dict(seed=0)
     torch.save(OrderedDict(("module." + k, v) for k, v in pretrained.items()), tmp_path / "dp.pth")
     torch.save(gen.untrained_resnet50(pretrained), tmp_path / "fresh.pth")
@@ -98,7 +90,7 @@ def test_a_dataparallel_pretrained_file_names_the_module_prefix(tmp_path: Path) 
 
 
 def test_a_wrong_pretrained_file_is_one_cause() -> None:
-    other = _generator().resnet50_state_dict(seed=7)  # same architecture, independent values
+    other = fixture_generator().resnet50_state_dict(seed=7)  # same architecture, independent values
     report = ckptlint.lint(str(CASES / "detr-training-checkpoint" / "checkpoint.pth"), other)
     assert [d.kind for d in report.diagnoses] == ["wrong-pretrained", "head-dropped"]
     assert report.diagnoses[0].title.startswith("wrong pretrained file? 263 of 265 tensors of backbone.0.body")

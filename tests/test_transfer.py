@@ -3,7 +3,6 @@ maps and scope, ambiguity, one read per tensor in alignment, and the report's fi
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -15,17 +14,10 @@ from ckptlint.api import Options, check_paths
 from ckptlint.facts.transfer import TransferOptions
 from ckptlint.graph.align import align
 from ckptlint.io import open_checkpoint
-from conftest import CASES, FIXTURES, run_subprocess
+from conftest import CASES, FIXTURES, fixture_generator, run_subprocess
 
 PRETRAINED = str(FIXTURES / "models" / "resnet50_tiny.pth")
 DETR = str(CASES / "detr-training-checkpoint" / "checkpoint.pth")
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _check(target: str, pretrained: str, **transfer) -> dict:
@@ -35,7 +27,7 @@ def _check(target: str, pretrained: str, **transfer) -> dict:
 
 
 def test_hf_named_pretrained_against_torchvision_named_target(tmp_path: Path) -> None:
-    gen = _generator()
+    gen = fixture_generator()
     backbone = gen.resnet50_state_dict(seed=0)
     hf = {f"resnet.{gen.hf_resnet_name(k)}": v for k, v in backbone.items() if not k.startswith("fc.")}
     hf["classifier.1.weight"], hf["classifier.1.bias"] = backbone["fc.weight"], backbone["fc.bias"]

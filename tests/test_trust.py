@@ -4,7 +4,6 @@ report leads with what matters."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -17,19 +16,12 @@ import torch
 import ckptlint
 from ckptlint.errors import ConfigError
 from ckptlint.facts.compare import compare
-from conftest import CASES, FIXTURES
+from conftest import CASES, FIXTURES, fixture_generator
 
 PRETRAINED = str(FIXTURES / "models" / "resnet50_tiny.pth")
 SELECTIVE = str(CASES / "transfer-selective" / "detr.pth")
 DETR = str(CASES / "detr-training-checkpoint" / "checkpoint.pth")
 HF_DETR = str(CASES / "transfer-hf-naming" / "model.safetensors")
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -150,7 +142,7 @@ def test_independent_positive_tensors_are_not_called_modified() -> None:
 
 
 def test_a_wrong_pretrained_file_gives_errors_even_under_fine_tuning() -> None:
-    gen = _generator()
+    gen = fixture_generator()
     other = gen.resnet50_state_dict(seed=7)  # same architecture, independent values
     report = ckptlint.lint(DETR, other, expect="finetuned")
     verdicts = {p.verdict for p in report.pairs}
@@ -161,7 +153,7 @@ def test_a_wrong_pretrained_file_gives_errors_even_under_fine_tuning() -> None:
 
 
 def test_step_counters_never_decide_the_exit_code() -> None:
-    gen = _generator()
+    gen = fixture_generator()
     pretrained = gen.resnet50_state_dict(seed=0)
     target = OrderedDict((k, torch.zeros_like(v) if k.endswith("num_batches_tracked") else v.clone())
                          for k, v in pretrained.items())
@@ -178,7 +170,7 @@ def _stage_rows(report) -> dict:
 
 
 def test_stage_rows_add_up_under_a_map_and_with_hugging_face_names(tmp_path: Path) -> None:
-    gen = _generator()
+    gen = fixture_generator()
     backbone = gen.resnet50_state_dict(seed=0)
     hf = {f"resnet.{gen.hf_resnet_name(k)}": v.contiguous() for k, v in backbone.items() if not k.startswith("fc.")}
     hf_file = tmp_path / "model.safetensors"

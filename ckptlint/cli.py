@@ -82,7 +82,8 @@ def cli() -> None:
                    "must equal the pretrained ones; finetuned: trainable ones may drift, frozen ones may not.")
 @click.option("--preset", type=click.Choice(sorted(presets())), help="Scope and frozen tensors of a known model.")
 @click.option("--max-drift", type=click.FloatRange(0, None),
-              help="With --expect finetuned: largest relative change of a trainable tensor (default 0.25).")
+              help="Under fine-tuning (inferred or --expect finetuned): largest relative change of a trainable "
+                   "tensor (default 0.25).")
 @click.option("--min-score", type=click.FloatRange(0, 100), metavar="PERCENT",
               help="Fail (low-transfer-score) when a target's transfer score is below this percentage.")
 @click.option("--model", metavar="MODULE:FACTORY",

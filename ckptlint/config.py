@@ -1,7 +1,8 @@
 """Configuration: ``[tool.ckptlint]`` in pyproject.toml or a ckptlint.toml, merged with the
 command line (which wins) into one or more jobs: the paths and the Options to check them with.
 
-Found by walking up from the first checked file, then from the current directory. Paths in the
+Found by walking up from the current directory (never from a checked file's folder), or named
+with --config; a discovered one may not import code or silence the pickle rules. Paths in the
 file are relative to its folder; ``[[targets]]`` give per-glob settings, such as the pretrained
 checkpoint for ``models/detr_*.pt``.
 """
@@ -42,7 +43,6 @@ class Config:
     path: str
     folder: Path
     settings: dict[str, Any]
-    explicit: bool = False  # named by the user (--config, lint(config=PATH)), not discovered
 
 
 def check_setting_names(table: dict[str, Any], allowed: set[str], where: str, path: str | None) -> None:
@@ -70,7 +70,7 @@ def load_config(paths: Sequence[str], explicit: str | None = None) -> Config | N
     ``paths`` are the checked files (kept for the signature's sake: they decide nothing)."""
     if explicit:
         settings = _read(Path(explicit))
-        return _validated(Config(explicit, Path(explicit).resolve().parent, settings or {}, explicit=True))
+        return _validated(Config(explicit, Path(explicit).resolve().parent, settings or {}))
     start = Path.cwd()
     for folder in (start, *start.parents):
         for name in ("ckptlint.toml", "pyproject.toml"):

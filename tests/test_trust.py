@@ -186,13 +186,122 @@ def test_a_module_gets_one_cause_for_its_resized_tensors() -> None:
     """A classifier head re-created for fewer classes: a zero bias equals the leading slice of a
     zero bias, but proves nothing; weight and bias share the weight's cause."""
     rng = np.random.default_rng(1)
-    pretrained = {"head.weight": rng.standard_normal((11, 64)).astype(np.float32),
-                  "head.bias": np.zeros(11, np.float32), "body.weight": rng.standard_normal((64, 64)).astype(np.float32)}
-    fresh = {"head.weight": rng.standard_normal((3, 64)).astype(np.float32), "head.bias": np.zeros(3, np.float32),
+    pretrained = {"class_embed.weight": rng.standard_normal((11, 64)).astype(np.float32),
+                  "class_embed.bias": np.zeros(11, np.float32), "body.weight": rng.standard_normal((64, 64)).astype(np.float32)}
+    fresh = {"class_embed.weight": rng.standard_normal((3, 64)).astype(np.float32), "class_embed.bias": np.zeros(3, np.float32),
              "body.weight": pretrained["body.weight"].copy()}
     causes = {p.target: p.evidence["shape_cause"] for p in ckptlint.lint(fresh, pretrained).pairs if p.verdict == "resized"}
-    assert causes == {"head.weight": "shape shrank [11, 64] -> [3, 64]", "head.bias": "shape shrank [11] -> [3]"}
-    sliced = dict(fresh, **{"head.weight": pretrained["head.weight"][:3].copy()})
+    assert causes == {"class_embed.weight": "shape shrank [11, 64] -> [3, 64]", "class_embed.bias": "shape shrank [11] -> [3]"}
+    sliced = dict(fresh, **{"class_embed.weight": pretrained["class_embed.weight"][:3].copy()})
     causes = {p.target: p.evidence["shape_cause"] for p in ckptlint.lint(sliced, pretrained).pairs if p.verdict == "resized"}
-    assert causes == {"head.weight": "channels sliced [11, 64] -> [3, 64] (the first ones kept)",
-                      "head.bias": "channels sliced [11] -> [3] (the first ones kept)"}
+    assert causes == {"class_embed.weight": "channels sliced [11, 64] -> [3, 64] (the first ones kept)",
+                      "class_embed.bias": "channels sliced [11] -> [3] (the first ones kept)"}
+
+
+# --- cases a review found could be fooled --------------------------------------------------------
+
+FINETUNED = str(CASES / "transfer-finetuned" / "detr.pth")
+
+
+def _detr_model(path: str | None = None) -> "OrderedDict[str, torch.Tensor]":
+    """A fixture DETR's state dict: the copied one (rebuilt by make_fixtures), or one read from
+    a fixture of ours."""
+    if path is None:
+        gen = fixture_generator()
+        return gen.detr_state_dict(gen.resnet50_state_dict(seed=0))
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _save(tmp_path: Path, name: str, state: dict) -> str:
+    path = tmp_path / name
+    torch.save({"model": state}, path)
+    return str(path)
+
+
+def test_a_copied_head_alone_does_not_make_the_backbone_out_of_scope(tmp_path: Path, run) -> None:
+    pretrained = torch.load(PRETRAINED, weights_only=True)
+    target = OrderedDict({f"net.block{i}.weight": torch.randn(64, 64) for i in range(4)})
+    target.update({k: v for k, v in pretrained.items() if k.startswith("fc.")})
+    result = run("check", _save(tmp_path, "headonly.pth", target), "--pretrained", PRETRAINED, "--format", "json",
+                 "--no-hash")
+    assert result.code == 1
+    assert {f["key"] for f in result.json["findings"] if f["name"] == "unmatched-target-key"} >= {
+        f"net.block{i}.weight" for i in range(4)}
+
+
+def test_noise_is_not_fine_tuning(tmp_path: Path, run) -> None:
+    state = _detr_model()
+    gen = torch.Generator().manual_seed(3)
+    for key, value in state.items():
+        if key.startswith("backbone.0.body.") and value.dim() == 4:
+            state[key] = value + 0.2 * value.pow(2).mean().sqrt() * torch.randn(value.shape, generator=gen)
+    report = run("check", _save(tmp_path, "noise.pth", state), "--pretrained", PRETRAINED, "--format", "json",
+                 "--no-hash").json
+    assert report["transfer"]["expect"] == "copied" and report["transfer"]["score"] < 0.5
+
+
+def test_a_round_trip_through_half_precision_is_a_cast(tmp_path: Path, run) -> None:
+    state = _detr_model()
+    for key, value in state.items():
+        if key.startswith("backbone.0.body.") and value.is_floating_point():
+            state[key] = value.to(torch.bfloat16).float()
+    result = run("check", _save(tmp_path, "bf16rt.pth", state), "--pretrained", PRETRAINED, "--format", "json",
+                 "--no-hash")
+    verdicts = {p["verdict"] for p in result.json["pairs"]}
+    assert result.code == 0 and verdicts <= {"copied", "cast"} and "cast" in verdicts
+    assert result.json["transfer"]["expect"] == "copied" and result.json["transfer"]["score"] == 1.0
+    assert "and back (stored as float32)" in next(f["message"] for f in result.json["findings"]
+                                                   if f["name"] == "precision-loss")
+
+
+def test_a_fine_tuned_checkpoint_saved_in_half_precision_passes(tmp_path: Path, run) -> None:
+    state = OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in _detr_model(FINETUNED).items())
+    result = run("check", _save(tmp_path, "ft-half.pth", state), "--pretrained", PRETRAINED, "--format", "json",
+                 "--no-hash")
+    assert result.code == 0, [f for f in result.json["findings"] if f["severity"] == "error"][:3]
+    assert result.json["transfer"]["expect"] == "finetuned"
+
+
+def test_batchnorm_statistics_without_counters_that_moved_were_not_frozen(tmp_path: Path, run) -> None:
+    state = _detr_model(FINETUNED)
+    gen = torch.Generator().manual_seed(4)
+    for key, value in state.items():
+        if key.startswith("backbone.0.body.") and key.endswith(("running_mean", "running_var")):
+            state[key] = value + 0.02 * value.abs().mean() * torch.randn(value.shape, generator=gen)
+    result = run("check", _save(tmp_path, "ft-bn.pth", state), "--pretrained", PRETRAINED, "--format", "json",
+                 "--no-hash")
+    assert "frozen-param-changed" not in {f["name"] for f in result.json["findings"]}
+    assert "most of them moved" in result.json["transfer"]["by_file"][str(tmp_path / "ft-bn.pth")]["frozen_reason"]
+
+
+def test_a_narrower_scope_judges_only_what_it_names(run) -> None:
+    report = run("check", FINETUNED, "--pretrained", PRETRAINED, "--scope", "backbone.0.body.layer1",
+                 "--format", "json", "--no-hash").json
+    assert {p["target"].split(".")[3] for p in report["pairs"]} == {"layer1"}
+    assert not [f for f in report["findings"] if f["severity"] == "error"]
+
+
+def test_a_map_to_a_prefixed_pretrained_file_scores_as_without_it(tmp_path: Path, run) -> None:
+    prefixed = tmp_path / "prefixed.pth"
+    torch.save({f"model.{k}": v for k, v in torch.load(PRETRAINED, weights_only=True).items()}, prefixed)
+    plain = run("check", FINETUNED, "--pretrained", str(prefixed), "--format", "json", "--no-hash").json
+    mapped = run("check", FINETUNED, "--pretrained", str(prefixed), "--map", "backbone.0.body.=model.",
+                 "--format", "json", "--no-hash").json
+    for report in (plain, mapped):
+        assert report["transfer"]["score"] == 1.0 and set(report["transfer"]["by_stage"]) == {
+            "stem", "layer1", "layer2", "layer3", "layer4"}
+        assert {(f["key"], f["severity"]) for f in report["findings"]} == {("model.fc.weight", "info"),
+                                                                           ("model.fc.bias", "info")}
+
+
+def test_a_preset_is_checked_even_with_an_explicit_scope(run) -> None:
+    result = run("check", SELECTIVE, "--pretrained", PRETRAINED, "--preset", "hf-detr", "--scope", "backbone.0.body")
+    assert result.code == 2 and "did you mean --preset detr?" in result.err
+
+
+def test_min_score_at_exactly_the_score_passes(run) -> None:
+    score = run("check", SELECTIVE, "--pretrained", PRETRAINED, "--format", "json", "--no-hash").json["transfer"]["score"]
+    at = f"{score * 100:.4f}"
+    findings = run("check", SELECTIVE, "--pretrained", PRETRAINED, "--min-score", at, "--format", "json",
+                   "--no-hash").json["findings"]
+    assert "low-transfer-score" not in {f["name"] for f in findings}

@@ -51,11 +51,22 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
                for start in range(0, a_words.size, EQUAL_CHUNK))
 
 
+def _equal_rounded(target: np.ndarray, pretrained: np.ndarray, dtype: str) -> bool:
+    """``target`` holds exactly ``pretrained`` rounded to ``dtype`` (chunks; the first
+    difference ends it, so a drifted tensor costs one chunk)."""
+    for start in range(0, target.size, CHUNK):
+        rounded = round_to(pretrained[start:start + CHUNK], dtype)
+        if rounded is None or not np.array_equal(rounded, target[start:start + CHUNK], equal_nan=True):
+            return False
+    return True
+
+
 def compare(target: np.ndarray, pretrained: np.ndarray, target_dtype: str, pretrained_dtype: str) -> dict[str, Any]:
     """Numbers for one pair of equal shape, in chunks so memory stays near the two arrays."""
     t_flat, p_flat = target.reshape(-1), pretrained.reshape(-1)
     if target_dtype == pretrained_dtype and _same_bits(t_flat, p_flat):  # usual; every number known already
-        return {"bit_equal": True, "equal_after_cast": False, "max_abs_error": 0.0, "rel_error": 0.0,
+        return {"bit_equal": True, "equal_after_cast": False, "cast_through": None, "max_abs_error": 0.0,
+                "rel_error": 0.0,
                 "cosine": 1.0, "correlation": 1.0, "std_ratio": 1.0}
     equal_after_cast = (DTYPES[target_dtype].is_float and narrower(target_dtype, pretrained_dtype)
                         and round_to(p_flat[:1], target_dtype) is not None)
@@ -75,6 +86,13 @@ def compare(target: np.ndarray, pretrained: np.ndarray, target_dtype: str, pretr
             max_abs = max(max_abs, float(np.abs(diff).max()))
         sums += (t.sum(), p.sum(), t @ t, p @ p, t @ p, diff @ diff)
         count += t.size
+    cast_through = None
+    if equal_after_cast:
+        cast_through = target_dtype
+    elif target_dtype == pretrained_dtype and target_dtype in ("float32", "float64"):
+        # Saved at full precision after a round trip through a half type (model.half().float(),
+        # autocast weights): a cast, not training drift.
+        cast_through = next((half for half in ("bfloat16", "float16") if _equal_rounded(t_flat, p_flat, half)), None)
     t_sum, p_sum, tt, pp, tp, dd = (float(v) for v in sums)
     t_norm, p_norm = math.sqrt(tt), math.sqrt(pp)
     t_std = math.sqrt(max(tt / count - (t_sum / count) ** 2, 0.0)) if count else 0.0
@@ -85,7 +103,8 @@ def compare(target: np.ndarray, pretrained: np.ndarray, target_dtype: str, pretr
     p_spread = p_std if count and p_std > 1e-9 * abs(p_sum / count) else 0.0
     return {
         "bit_equal": False,
-        "equal_after_cast": bool(equal_after_cast),
+        "equal_after_cast": cast_through is not None,
+        "cast_through": cast_through,
         "max_abs_error": max_abs,
         "rel_error": math.sqrt(dd) / p_norm if p_norm else (0.0 if not t_norm else math.inf),
         "cosine": tp / (t_norm * p_norm) if t_norm and p_norm else (1.0 if t_norm == p_norm else 0.0),

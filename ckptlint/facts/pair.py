@@ -15,7 +15,7 @@ from ckptlint.graph.align import Pair
 
 VERDICTS = ("copied", "cast", "fine-tuned", "modified", "resized", "reinitialized", "unrelated", "missing")
 CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
-COMPARISON = ("bit_equal equal_after_cast max_abs_error rel_error cosine correlation std_ratio verdict init "
+COMPARISON = ("bit_equal equal_after_cast cast_through max_abs_error rel_error cosine correlation std_ratio verdict init "
               "within_drift shape_cause shape_cause_kind slice_equal histogram")
 HISTOGRAM_VERDICTS = ("reinitialized", "modified", "unrelated")
 HISTOGRAM_BINS = 24

@@ -21,7 +21,7 @@ from ckptlint.graph.align import Alignment, align
 from ckptlint.graph.build import split_key
 from ckptlint.graph.schemes import canonical_name
 from ckptlint.io.checkpoint import Checkpoint
-from ckptlint.presets import EXPECTATIONS, preset, presets
+from ckptlint.presets import preset, presets
 
 # The ImageNet classifier a detector drops (torchvision/timm ``fc``, HF ``classifier``, timm ``head``).
 HEAD_PATTERNS = ("fc.*", "classifier.*", "head.*")
@@ -79,21 +79,21 @@ def resolve_scope(target: Checkpoint, options: TransferOptions) -> tuple[str | N
     the file: a scope or preset that matches nothing is a usage error, never a silent no-op."""
     keys = list(target.tensors)
     chosen = preset(options.preset)
+    found = None
+    if chosen:
+        scopes = chosen["scopes"]
+        found = next((scope for scope in scopes if _has_module(keys, scope)), None)
+        if found is None:
+            fitting = sorted(name for name, other in presets().items()
+                             if any(_has_module(keys, scope) for scope in other["scopes"]))
+            hint = f"; did you mean --preset {' or --preset '.join(fitting)}?" if fitting else ""
+            raise ConfigError(f"--preset {options.preset}: {target.path} has none of its backbone modules "
+                              f"({', '.join(scopes)}){hint}")
     if options.scope is not None:
         if not _has_module(keys, options.scope):
             raise ConfigError(f"--scope {options.scope}: no module of that name in {target.path}"
                               f"{_did_you_mean(options.scope, _module_paths(keys))}")
         return options.scope, chosen
-    if not chosen:
-        return None, chosen
-    scopes = chosen["scopes"]
-    found = next((scope for scope in scopes if _has_module(keys, scope)), None)
-    if found is None:
-        fitting = sorted(name for name, other in presets().items()
-                         if any(_has_module(keys, scope) for scope in other["scopes"]))
-        hint = f"; did you mean --preset {' or --preset '.join(fitting)}?" if fitting else ""
-        raise ConfigError(f"--preset {options.preset}: {target.path} has none of its backbone modules "
-                          f"({', '.join(scopes)}){hint}")
     return found, chosen
 
 
@@ -125,8 +125,6 @@ class TransferContext:
         """``pretrained_facts`` is shared by every target checked against the same file, so its
         module graph is built once."""
         target, pretrained = target_facts.checkpoint, pretrained_facts.checkpoint
-        if options.expect not in EXPECTATIONS:
-            raise ConfigError(f"--expect must be one of {', '.join(EXPECTATIONS)}")
         scope, chosen = resolve_scope(target, options)
         self.options = options
         self.target, self.pretrained = target, pretrained
@@ -134,6 +132,7 @@ class TransferContext:
             target.tensors, pretrained.tensors, options.maps, scope,
             read_target=lambda key: target.read(key).tobytes(),
             read_pretrained=lambda key: pretrained.read(key).tobytes(),
+            scope_from=lambda pair: not is_head(pair.canonical),  # a copied head says nothing of a backbone
         )
         check_maps(self.alignment, target, pretrained, options.maps)
         self.pretrained_facts = pretrained_facts
@@ -141,13 +140,15 @@ class TransferContext:
         self._module_map: dict[str, str] = {}  # pretrained module -> target module
         for pair in self.alignment.pairs:
             self._module_map.setdefault(split_key(pair.pretrained)[0], split_key(pair.target)[0])
+        # Only pairs inside the scope are judged: a narrower --scope says what should come from
+        # the pretrained file, and the expectation is inferred from the same tensors it applies to.
         self.pairs = {pair.target: PairFacts(pair, target_facts.tensor(pair.target),
                                              pretrained_facts.tensor(pair.pretrained), options.expect, False,
                                              options.max_drift)
-                      for pair in self.alignment.pairs}
+                      for pair in self.alignment.pairs if self._in_scope(pair.target)}
         self._compare_all()
         self._consistent_causes()
-        judged = [p for p in self.pairs.values() if self._in_scope(p["target"]) and not is_head(p["canonical"])]
+        judged = [p for p in self.pairs.values() if not is_head(p["canonical"])]
         self.expectation: Expectation = infer_expectation(
             judged, target.training_state, options.expect, tuple(chosen.get("frozen", ())), options.preset)
         for key, facts in self.pairs.items():
@@ -215,12 +216,7 @@ class TransferContext:
             module = split_key(key)[0]
             yield self.pretrained_facts.tensor(key, extra={"counterpart_module": self._module_map.get(module),
                                                             "reference": "pretrained",
-                                                            "is_head": is_head(self._relative(key))})
-
-    def _relative(self, key: str) -> str:
-        """A pretrained key without the wrapper prefix the alignment found (``resnet.``)."""
-        prefix = self.alignment.prefix[1]
-        return key[len(prefix):] if key.startswith(prefix) else key
+                                                            "is_head": is_head(canonical_name(key))})
 
     def score_entries(self) -> list[ScoreEntry]:
         """One entry per tensor the target should carry: every pair in the scope, every unused
@@ -233,9 +229,9 @@ class TransferContext:
             entries.append(ScoreEntry(facts["stage"], split_key(facts["target"])[0], facts["numel"],
                                       facts["verdict"] in ("copied", "cast", "fine-tuned"), facts["verdict"]))
         for key in self.alignment.unused_pretrained:
-            canonical = self._relative(key)
+            canonical = canonical_name(key)
             if not is_head(canonical) and not key.endswith("num_batches_tracked"):
-                entries.append(ScoreEntry(stage_of(canonical_name(canonical)), None,
+                entries.append(ScoreEntry(stage_of(canonical), None,
                                           self.pretrained.tensors[key].numel, False, "missing"))
         scope = self.alignment.scope
         for key in self.alignment.unmatched_target:

@@ -35,7 +35,7 @@ class Pair:
     target: str
     pretrained: str
     how: str  # user-map, exact, prefix, scheme:<name>, suffix, content
-    canonical: str  # the pretrained key in torchvision names (whatever step matched it) without its wrapper prefix
+    canonical: str  # the pretrained key in torchvision names from the ResNet's root on (schemes.canonical_name)
 
 
 @dataclass
@@ -123,7 +123,8 @@ class _Matcher:
 def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
           user_maps: Sequence[tuple[str, str]] = (), scope: str | None = None,
           read_target: Callable[[str], bytes] | None = None,
-          read_pretrained: Callable[[str], bytes] | None = None) -> Alignment:
+          read_pretrained: Callable[[str], bytes] | None = None,
+          scope_from: Callable[[Pair], bool] = lambda pair: True) -> Alignment:
     """Pair target keys with pretrained keys; see the module docstring for the order."""
     match = _Matcher(list(target), list(pretrained))
     maps_used = set()
@@ -141,7 +142,7 @@ def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
     if read_target and read_pretrained:
         _match_content(match, target, pretrained, read_target, read_pretrained)
     if scope is None:
-        scope = _infer_scope([p.target for p in match.pairs])
+        scope = _infer_scope([p.target for p in match.pairs if scope_from(p)])
     in_scope = [k for k in match.left_t if not scope or k.startswith(scope + ".")]
     return Alignment(match.pairs, scope, in_scope, list(match.left_p), ambiguous, match.prefix, maps_used)
 

@@ -40,8 +40,15 @@ def schemes() -> tuple[Scheme, ...]:
     )
 
 
+# The top-level modules of a torchvision ResNet: where a canonical name starts.
+RESNET_ROOT = re.compile(r"(?:^|\.)((?:conv1|bn1|fc|layer\d+)\.)")
+
+
 def canonical_name(key: str) -> str:
-    """The key with every naming scheme applied: torchvision names where a scheme knows them."""
+    """The key with every naming scheme applied, from the ResNet's own root on (``resnet.``,
+    ``model.``, a ``--map`` target prefix are wrappers): torchvision names where a scheme knows
+    them, the key itself otherwise."""
     for scheme in schemes():
         key = scheme.canonical(key)
-    return key
+    match = RESNET_ROOT.search(key)
+    return key[match.start(1):] if match else key

@@ -112,7 +112,7 @@ def test_a_report_written_to_a_file_still_says_how_it_went(run, tmp_path: Path) 
 def test_text_header_says_why_a_check_fails_and_floors_the_score(run) -> None:
     text = run("check", SELECTIVE, "--pretrained", PRETRAINED).out
     assert text.splitlines()[0] == "FAILED: 50 findings at or above error (not-transferred x50)"
-    assert "backbone transfer 38.0% of 98.8k pretrained parameters carried, 50 tensors re-initialised " \
+    assert "backbone transfer 38.0% of 98.8k parameters carried, 50 tensors re-initialised " \
            "(judged as a copy)" in text
     verbose = run("check", SELECTIVE, "--pretrained", PRETRAINED, "-v").out
     assert "judged as a copy of the pretrained backbone backbone.0.body" in verbose

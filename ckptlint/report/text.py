@@ -65,7 +65,7 @@ def _file_line(summary: FileSummary, findings: list[Finding], report: Report) ->
 
 
 def _transfer_phrase(described: dict[str, Any], path: str, report: Report) -> str:
-    """``backbone transfer 100.0% of 98.8k pretrained parameters carried, 42 tensors fine-tuned
+    """``backbone transfer 100.0% of 98.8k parameters carried, 42 tensors fine-tuned
     (judged as fine-tuned)``."""
     scope = described["scope"]
     verdicts = Counter(p.verdict for p in report.pairs if p.file == path and p.verdict in VERDICT_PHRASES
@@ -74,7 +74,7 @@ def _transfer_phrase(described: dict[str, Any], path: str, report: Report) -> st
                for i, (v, n) in enumerate(sorted(verdicts.items(), key=lambda kv: (-kv[1], kv[0])))]
     judged = "fine-tuned" if described["expect"] == "finetuned" else "a copy"
     return (f"{'backbone ' if scope else ''}transfer {percent(described['score'])} of "
-            f"{human_count(described['parameters'])} pretrained parameters carried"
+            f"{human_count(described['parameters'])} parameters carried"
             f"{''.join(', ' + c for c in changed)} (judged as {judged})")
 
 

@@ -174,8 +174,8 @@ class _Job:
 
     def _record_transfer(self, path: str, transfer: TransferContext) -> None:
         self.report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
-                                         p.summary(), p["numel"], p["module_kind"]) for p in transfer.judged]
-        for pair in transfer.judged:
+                                         p.summary(), p["numel"], p["module_kind"]) for p in transfer.pairs.values()]
+        for pair in transfer.pairs.values():
             if pair["histogram"] and len(self.report.histograms) < MAX_HISTOGRAMS:
                 self.report.histograms[(path, pair["target"])] = pair["histogram"]
         entries = transfer.score_entries()

@@ -114,7 +114,7 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     if "maps" in settings:
         settings["maps"] = _maps(settings["maps"])
     # Only the JSON report shows the files' SHA-256, and hashing reads every byte.
-    jobs = resolve_jobs(paths, settings, load_config(paths, config_path), hash_files=fmt == "json" and not no_hash)
+    jobs = resolve_jobs(paths, settings, load_config(config_path), hash_files=fmt == "json" and not no_hash)
     report = run_jobs(jobs, progress=Progress(sys.stderr))
     _emit(renderer(fmt, verbose)(report), output)
     if write_baseline:

@@ -63,11 +63,10 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def load_config(paths: Sequence[str], explicit: str | None = None) -> Config | None:
+def load_config(explicit: str | None = None) -> Config | None:
     """The configuration for a run: ``explicit`` if given, else the nearest one from the current
     directory upward — the project being linted, never the folder a checked file lies in (a
-    downloaded model folder could ship a configuration that turns the gate off or names code).
-    ``paths`` are the checked files (kept for the signature's sake: they decide nothing)."""
+    downloaded model folder could ship a configuration that turns the gate off or names code)."""
     if explicit:
         settings = _read(Path(explicit))
         return _validated(Config(explicit, Path(explicit).resolve().parent, settings or {}))

@@ -33,7 +33,7 @@ def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = Non
     """
     settings = {name.replace("_", "-"): value for name, value in options.items() if value is not None}
     check_setting_names(settings, (TOP_LEVEL | PER_TARGET) - {"targets", "pretrained"}, "lint() options", None)
-    found = load_config([], config if isinstance(config, str) else None) if config else None
+    found = load_config(config if isinstance(config, str) else None) if config else None
     merged = {**({k: v for k, v in found.settings.items() if k != "targets"} if found else {}), **settings}
     target_source = _source(target, "<target>", merged.get("key"))
     if pretrained is not None:

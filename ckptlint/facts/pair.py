@@ -136,8 +136,7 @@ class PairFacts(LazyFacts):
         self._cache.update(expect=expect, frozen=frozen, frozen_by=frozen_by)
         if expect == "finetuned" and not frozen and self["verdict"] == "modified" \
                 and self["rel_error"] <= self["max_drift"]:
-            self._cache["verdict"] = "fine-tuned"
-        self._cache["within_drift"] = self._within_drift(self["verdict"], self["rel_error"])
+            self._cache["verdict"] = "fine-tuned"  # within_drift was already true for it
 
     def revise_cause(self, kind: str, explanation: str) -> None:
         """Replace a shape change's cause with the one its whole module supports."""

@@ -181,10 +181,6 @@ class TransferContext:
                 else:
                     m.revise_cause("smaller", shrank_cause(*shapes))
 
-    @property
-    def judged(self) -> list[PairFacts]:
-        return list(self.pairs.values())
-
     def tensor_extra(self, key: str) -> dict[str, Any]:
         role = "paired" if key in self.pairs else "unmatched" if key in self.unmatched else "outside-scope"
         return {"paired": key in self.pairs, "transfer_role": role}

@@ -1,5 +1,5 @@
 """How well ``suspicious-init-scale`` tells fresh inits from trained weights, before (KS test of
-the marginal only: ``init_fingerprint.ks_fits``) and after the i.i.d. checks (``fingerprint``).
+the marginal only: ``init_fingerprint.ks_fits``) and after the i.i.d. checks (``matching_inits``).
 
     python bench/init_detection.py [--draws N] [--seed S]
 
@@ -26,7 +26,7 @@ from test_init_detection import (FAMILIES, PACKAGES, FetchError, accepted, fresh
                                  judged_weights, package_files)
 
 from ckptlint.facts import iid  # noqa: E402
-from ckptlint.facts.init_fingerprint import fingerprint, ks_fits  # noqa: E402
+from ckptlint.facts.init_fingerprint import matching_inits, ks_fits  # noqa: E402
 
 
 def real_weights() -> None:
@@ -47,7 +47,7 @@ def real_weights() -> None:
                 judged += 1
                 if accepted(ks_fits(values, kind)):
                     before.append(key)
-                if accepted(fingerprint(values, kind)):
+                if accepted(matching_inits(values, kind)):
                     after.append(key)
                 if iid.consistent(iid.evidence(values)):
                     iid_only.append(f"{package.requirement.split('==')[0]}: {key} {tuple(values.shape)}")
@@ -71,7 +71,7 @@ def detection(draws: int, seed: int) -> None:
             kind, hits = family.kind_of(shape), 0
             for _, values in fresh_draws(single, draws, seed + 1000 * index + position):
                 before += accepted(ks_fits(values, kind))
-                hits += accepted(fingerprint(values, kind))
+                hits += accepted(matching_inits(values, kind))
             after += hits
             lowest = min(lowest, (hits / draws, "x".join(map(str, shape))))
         total = draws * len(family.shapes)
@@ -121,19 +121,19 @@ def _end_to_end(label: str, target: object, runs: int = 5) -> None:
     reached = []
 
     def counted(values, kind):
-        fits = fingerprint(values, kind)
+        fits = matching_inits(values, kind)
         reached.append(any(fit["ks"] <= fit["ks_critical"] for fit in ks_fits(values, kind)))
         return fits
 
     seconds: dict[str, list[float]] = {}
-    for name, function in (("before", ks_fits), ("after", fingerprint)) * runs:
-        tensor_facts.fingerprint = function
+    for name, function in (("before", ks_fits), ("after", matching_inits)) * runs:
+        tensor_facts.matching_inits = function
         started = time.perf_counter()
         ckptlint.lint(target, select=["suspicious-init-scale"])
         seconds.setdefault(name, []).append(time.perf_counter() - started)
-    tensor_facts.fingerprint = counted
+    tensor_facts.matching_inits = counted
     ckptlint.lint(target, select=["suspicious-init-scale"])
-    tensor_facts.fingerprint = fingerprint
+    tensor_facts.matching_inits = matching_inits
     before, after = min(seconds["before"]), min(seconds["after"])
     print(f"\n{label}: {len(reached)} weights fingerprinted, {sum(reached)} reach the i.i.d. checks; "
           f"{before:.3f} s with the KS test only, {after:.3f} s with the i.i.d. checks "

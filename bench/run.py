@@ -124,7 +124,7 @@ def big_checkpoint(work: Path) -> tuple[Path, int]:
 
 
 def alignment_seconds() -> float:
-    from ckptlint.graph.align import align
+    from ckptlint.align.alignment import align
     from ckptlint.io.checkpoint import TensorRef
     from ckptlint.io.dtypes import DTYPES
 

@@ -11,8 +11,8 @@ __all__ = ["CheckpointError", "CkptlintError", "Finding", "Report", "__version__
 
 _LAZY = {
     "lint": "ckptlint.python_api",
-    "Report": "ckptlint.model",
-    "Finding": "ckptlint.model",
+    "Report": "ckptlint.results",
+    "Finding": "ckptlint.results",
     "open_checkpoint": "ckptlint.io.open",
     "CkptlintError": "ckptlint.errors",
     "CheckpointError": "ckptlint.errors",

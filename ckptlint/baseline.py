@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from ckptlint.errors import ConfigError
-from ckptlint.fingerprint import fingerprint, relative_path
-from ckptlint.model import Finding
+from ckptlint.identity import finding_fingerprint, relative_path
+from ckptlint.results import Finding
 
 SCHEMA_VERSION = 1
 
@@ -25,7 +25,7 @@ def load_baseline(path: str) -> frozenset[str]:
 def render_baseline(findings: list[Finding], root: str) -> str:
     """Every finding's fingerprint, with what it was about so a reviewer can read the file."""
     entries = sorted(
-        ({"fingerprint": fingerprint(f, root), "code": f.code, "name": f.name,
+        ({"fingerprint": finding_fingerprint(f, root), "code": f.code, "name": f.name,
           "file": relative_path(f.file, root), "key": f.key} for f in findings),
         key=lambda e: (e["file"], e["key"] or "", e["code"]),
     )

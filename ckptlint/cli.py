@@ -13,7 +13,7 @@ import click
 import ckptlint
 from ckptlint.errors import CkptlintError
 from ckptlint.graph.export import FORMATS as GRAPH_FORMATS
-from ckptlint.model import SEVERITIES
+from ckptlint.severity import SEVERITIES
 from ckptlint.output import write_atomically
 from ckptlint.presets import EXPECTATIONS, presets
 from ckptlint.report import FORMATS, renderer
@@ -98,7 +98,7 @@ def cli() -> None:
 def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, no_hash: bool,
           write_baseline: str | None, verbose: bool, **given: Any) -> int:
     """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
-    from ckptlint.api import run_jobs
+    from ckptlint.runner import run_jobs
     from ckptlint.baseline import render_baseline
     from ckptlint.config import load_config, resolve_jobs
     from ckptlint.progress import Progress

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ckptlint._toml import tomllib
-from ckptlint.api import Options
+from ckptlint.runner import Options
 from ckptlint.baseline import load_baseline
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import ConfigError
 from ckptlint.facts.transfer import TransferOptions
-from ckptlint.model import SEVERITIES
+from ckptlint.severity import SEVERITIES
 from ckptlint.presets import EXPECTATIONS, presets
 
 # Settings a target glob may override, and the ones only the top level takes.

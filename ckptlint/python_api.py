@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ckptlint.api import run_jobs
+from ckptlint.runner import run_jobs
 from ckptlint.config import (PER_TARGET, TOP_LEVEL, check_needs_pretrained, check_setting_names, load_config,
                              options_from_settings)
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.memory import memory_checkpoint
-from ckptlint.model import Report
+from ckptlint.results import Report
 
 PathLike = (str, os.PathLike)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptlint.model import Report
+from ckptlint.results import Report
 from ckptlint.python_api import lint
 from ckptlint.report.numbers import percent
 from ckptlint.report.text import tally_line

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptlint.graph.align import align
+from ckptlint.align.alignment import align
 from ckptlint.io import open_checkpoint
 from conftest import CASES, FIXTURES
 

@@ -11,7 +11,7 @@ import pytest
 
 from ckptlint.engine import rules as rules_module
 from ckptlint.engine.registry import load_rules_from
-from ckptlint.engine.runner import Evaluator
+from ckptlint.engine.evaluate import Evaluator
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import RuleError
 from conftest import CASES

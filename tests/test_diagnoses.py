@@ -15,7 +15,7 @@ from ckptlint.diagnose.kinds import kinds, parse_kinds
 from ckptlint.diagnose.prefix import missed_prefix, renamed_prefix
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.errors import ConfigError, RuleError
-from ckptlint.model import PairRecord
+from ckptlint.results import PairRecord
 from conftest import CASES, FIXTURES, fixture_generator
 
 PRETRAINED = str(FIXTURES / "models" / "resnet50_tiny.pth")

@@ -59,7 +59,7 @@ def test_unparsable_and_incomplete_rule_files(tmp_path: Path) -> None:
 
 
 def test_conditions_run_sandboxed(tmp_path: Path) -> None:
-    from ckptlint.engine.runner import Evaluator
+    from ckptlint.engine.evaluate import Evaluator
     from ckptlint.engine.selection import Selection
 
     rules = load_rules_from(_rule_dir(tmp_path, "file.__class__.__mro__[1].__subclasses__()"))

@@ -15,7 +15,7 @@ import crafted
 from crafted import evil_pickle, tensor_pickle, text, torch_entries, zip_bytes
 
 from ckptlint.io.layout import strip_prefixes
-from ckptlint.model import Finding, ReadError, Report
+from ckptlint.results import Finding, ReadError, Report
 
 
 def _safetensors(path: Path, header: dict | bytes, data: bytes = b"\0" * 4) -> Path:
@@ -183,22 +183,22 @@ def test_exit_code_from_the_command_line(tmp_path: Path) -> None:
 # --- the safety net for what no reader expected ---
 
 def test_an_unexpected_exception_is_that_file_s_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckptlint import api
+    from ckptlint import runner
 
     good = _safetensors(tmp_path / "good.safetensors", _one("w"), struct.pack("<f", 0.5))
     broken = _safetensors(tmp_path / "broken.safetensors", _one("w"), struct.pack("<f", 0.5))
-    real = api.open_checkpoint
+    real = runner.open_checkpoint
 
     def open_checkpoint(path: str, key: str | None = None):  # noqa: ANN202
         if path == str(broken):
             raise RuntimeError("boom\nsecond line")
         return real(path, key)
 
-    monkeypatch.setattr(api, "open_checkpoint", open_checkpoint)
+    monkeypatch.setattr(runner, "open_checkpoint", open_checkpoint)
     with pytest.raises(RuntimeError):  # CKPTLINT_DEBUG (set for every test): a bug fails loudly
-        api.check_paths([str(broken), str(good)], source_root=str(tmp_path))
+        runner.check_paths([str(broken), str(good)], source_root=str(tmp_path))
     monkeypatch.delenv("CKPTLINT_DEBUG")
-    report = api.check_paths([str(broken), str(good)], source_root=str(tmp_path))
+    report = runner.check_paths([str(broken), str(good)], source_root=str(tmp_path))
     assert [(e.file, e.message) for e in report.errors] == [
         (str(broken), "internal error while reading: RuntimeError: boom")]
     assert [f.path for f in report.files] == [str(good)]

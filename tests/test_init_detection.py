@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from ckptlint.facts import iid
-from ckptlint.facts.init_fingerprint import fingerprint, ks_fits
+from ckptlint.facts.init_fingerprint import matching_inits, ks_fits
 from ckptlint.graph.build import split_key
 from ckptlint.graph.kinds import infer_kind
 from ckptlint.io.open import open_checkpoint
@@ -119,7 +119,7 @@ def fresh_draws(family: Family, draws: int, seed: int) -> Iterator[tuple[tuple[i
 
 def judge_fresh(family: Family, shape: tuple[int, ...], values: np.ndarray) -> tuple[bool, bool]:
     """(the rule would flag it, the family's own init is among the fits)."""
-    fits = fingerprint(values, family.kind_of(shape))
+    fits = matching_inits(values, family.kind_of(shape))
     return accepted(fits), any(fit["name"] == family.name for fit in fits)
 
 
@@ -138,7 +138,7 @@ def test_fresh_inits_are_detected(family: Family) -> None:
 def test_fits_carry_the_iid_evidence() -> None:
     values = torch.nn.init.kaiming_normal_(torch.empty(64, 64, 3, 3), mode="fan_out",
                                            generator=torch.Generator().manual_seed(0)).numpy()
-    fits = fingerprint(values, "conv")
+    fits = matching_inits(values, "conv")
     assert fits and accepted(fits)
     for fit in fits:
         assert fit["ks"] <= fit["ks_critical"]  # only inits the KS test does not reject
@@ -188,7 +188,7 @@ def test_init_marginal_with_trained_structure_is_not_fresh(structure: Callable, 
     for seed, shape in enumerate([(64, 64, 3, 3), (128, 64, 5, 5)]):
         values = structure(_fresh(shape, seed))
         assert accepted(ks_fits(values, "conv")), "the marginal should still look like the init"
-        assert fingerprint(values, "conv") == []
+        assert matching_inits(values, "conv") == []
         found = iid.evidence(values)
         assert not iid.consistent(found)
         if statistic == "spectral_ratio":
@@ -202,7 +202,7 @@ def test_init_marginal_with_trained_structure_is_not_fresh(structure: Callable, 
 def test_non_finite_values_are_no_draw_of_an_init() -> None:
     values = _fresh((64, 64, 3, 3), 0)
     values[0, 0, 0, 0] = np.nan
-    assert accepted(ks_fits(values, "conv")) and fingerprint(values, "conv") == []
+    assert accepted(ks_fits(values, "conv")) and matching_inits(values, "conv") == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_trained_weights_yield_no_fit(package: tuple[Package, list[Path]]) -> No
             judged += 1
             if accepted(ks_fits(values, kind)):
                 ks_accepted.append(key)
-            if fingerprint(values, kind):
+            if matching_inits(values, kind):
                 fitted.append(key)
     assert judged >= 7, "too few weights judged: the package layout changed?"
     assert fitted == [], f"trained weights of {spec.requirement} called fresh: {fitted}"

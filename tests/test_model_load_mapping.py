@@ -21,9 +21,9 @@ from transformers import DetrForObjectDetection
 
 import ckptlint
 from ckptlint.facts.checkpoint import CheckpointFacts
-from ckptlint.facts.model_check import ModelContext
+from ckptlint.facts.model_reference import ModelContext
 from ckptlint.io.open import open_checkpoint
-from ckptlint.model_factory import load_model
+from ckptlint.user_model import load_model
 from conftest import run_subprocess
 
 KEY_RULES = ("missing-key", "unexpected-key", "shape-mismatch")
@@ -213,7 +213,7 @@ def test_plain_torch_model_is_compared_as_before(tmp_path: Path, monkeypatch: py
 def test_transformers_is_imported_only_by_the_users_factory(tmp_path: Path) -> None:
     spec = _factory(tmp_path, PLAIN_FACTORY)
     torch.save({"0.weight": torch.zeros(8, 4)}, tmp_path / "plain.pt")
-    code = ("import sys, ckptlint, ckptlint.load_mapping, ckptlint.model_factory, ckptlint.facts.model_check; "
+    code = ("import sys, ckptlint, ckptlint.load_mapping, ckptlint.user_model, ckptlint.facts.model_reference; "
             "assert not {'torch', 'transformers'} & set(sys.modules), 'imported by ckptlint'; "
             f"report = ckptlint.lint('plain.pt', model={spec!r}); "
             "assert 'missing-key' in {f.name for f in report.findings}; "

@@ -25,7 +25,7 @@ import pytest
 
 import malicious_corpus as corpus
 from ckptlint import lint
-from ckptlint.api import Options, check_paths
+from ckptlint.runner import Options, check_paths
 from ckptlint.engine.selection import Selection
 from ckptlint.facts import security
 from ckptlint.io.dtypes import DTYPES

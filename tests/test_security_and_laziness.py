@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ckptlint.api import Options, check_paths
+from ckptlint.runner import Options, check_paths
 from ckptlint.engine.selection import Selection
 from conftest import CASES, run_subprocess
 
@@ -50,7 +50,7 @@ def test_malicious_pickles_are_flagged_and_never_run(tmp_path: Path) -> None:
 
 
 def test_cli_and_library_never_import_torch() -> None:
-    code = ("import sys, ckptlint.cli, ckptlint.api; "
+    code = ("import sys, ckptlint.cli, ckptlint.runner; "
             "from ckptlint.cli import main; main(['check', '--no-hash', sys.argv[1]]); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     target = str(CASES / "detr-training-checkpoint" / "checkpoint.pth")

@@ -11,9 +11,10 @@ from jinja2.exceptions import SecurityError, TemplateError
 from ckptlint.diagnose.group import Group, Member
 from ckptlint.diagnose.index import FileIndex
 from ckptlint.diagnose.kinds import SOURCE, Kind, kinds
-from ckptlint.engine.runner import plain
+from ckptlint.engine.evaluate import plain
 from ckptlint.errors import RuleError
-from ckptlint.model import Diagnosis, Finding, PairRecord, Report, severity_rank
+from ckptlint.results import Diagnosis, Finding, PairRecord, Report
+from ckptlint.severity import severity_rank
 
 
 class _Files:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 from ckptlint.diagnose.cover import cover
 from ckptlint.diagnose.index import FileIndex, Subject
 from ckptlint.diagnose.prefix import renamed_prefix
-from ckptlint.model import Finding, PairRecord
+from ckptlint.results import Finding, PairRecord
 from ckptlint.report.numbers import human_count
 
 # How an init is said per kind of module: "xavier_uniform convolutions", "BatchNorm at defaults".

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from ckptlint.diagnose.cover import KeyTree, parent
 from ckptlint.diagnose.prefix import missed_prefix
 from ckptlint.facts.pair import CARRIED, COUNTER_LEAF
-from ckptlint.model import Finding, PairRecord
+from ckptlint.results import Finding, PairRecord
 
 # Module-scope rules judge BatchNorm statistics: their findings are about these tensors.
 MODULE_TENSORS = ("running_mean", "running_var")

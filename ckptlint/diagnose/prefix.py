@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from typing import Iterable, Sequence
 
-from ckptlint.model import PairRecord
+from ckptlint.results import PairRecord
 
 
 def split_prefixes(new: str, old: str) -> tuple[str, str] | None:

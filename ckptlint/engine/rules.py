@@ -16,7 +16,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from ckptlint._toml import tomllib
 from ckptlint.engine import code_cache
 from ckptlint.errors import RuleError
-from ckptlint.model import SEVERITIES
+from ckptlint.severity import SEVERITIES
 
 # Scope -> the name under which a rule sees its subject.
 SCOPES = {

@@ -9,8 +9,9 @@ from typing import Any, Iterable
 
 from ckptlint.engine.rules import Rule
 from ckptlint.errors import ConfigError
-from ckptlint.fingerprint import fingerprint
-from ckptlint.model import SEVERITIES, Finding
+from ckptlint.identity import finding_fingerprint
+from ckptlint.results import Finding
+from ckptlint.severity import SEVERITIES
 
 
 def _unknown(ident: str, known: Iterable[str], what: str) -> ConfigError:
@@ -70,7 +71,7 @@ class Selection:
         """(active, suppressed): findings whose fingerprint the baseline holds are suppressed."""
         active, suppressed = [], []
         for finding in findings:
-            (suppressed if fingerprint(finding, root) in self.baseline else active).append(finding)
+            (suppressed if finding_fingerprint(finding, root) in self.baseline else active).append(finding)
         return active, suppressed
 
     def keeps(self, finding: Finding) -> bool:

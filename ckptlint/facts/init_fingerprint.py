@@ -142,7 +142,7 @@ def ks_fits(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
     return sorted(fits, key=lambda fit: (fit["ks"], fit["name"]))
 
 
-def fingerprint(values: np.ndarray, kind: str) -> list[dict[str, float | str | None]]:
+def matching_inits(values: np.ndarray, kind: str) -> list[dict[str, float | str | None]]:
     """The inits ``values`` are consistent with, best first: candidates whose KS distance is
     within the critical one, each with the i.i.d. evidence (``iid.evidence``: spectral_ratio,
     row_norm_z, neighbour_corr, ...) that the values are independent draws. Empty when the KS

@@ -11,7 +11,7 @@ import numpy as np
 from ckptlint.facts.compare import compare, narrower, shape_cause
 from ckptlint.facts.lazy import LazyFacts, provides
 from ckptlint.facts.tensor import TensorFacts, resembled_init
-from ckptlint.graph.align import Pair
+from ckptlint.align.alignment import Pair
 
 VERDICTS = ("copied", "cast", "fine-tuned", "modified", "resized", "reinitialized", "unrelated", "missing")
 CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
@@ -96,7 +96,7 @@ class PairFacts(LazyFacts):
         self.target_facts, self.pretrained_facts = target, pretrained
 
     def _compare(self) -> None:
-        t_values, p_values = self.target_facts.values(), self.pretrained_facts.values()
+        t_values, p_values = self.target_facts.array(), self.pretrained_facts.array()
         facts: dict[str, Any] = dict.fromkeys(COMPARISON.split())
         if self["shape_equal"]:
             facts.update(compare(t_values, p_values, self["target_dtype"], self["pretrained_dtype"]))

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ckptlint.facts.init_fingerprint import fans, fingerprint
+from ckptlint.facts.init_fingerprint import fans, matching_inits
 from ckptlint.facts.lazy import LazyFacts, provides
 from ckptlint.facts.stats import constancy, extremes, finiteness, moments
 from ckptlint.graph.build import split_key
@@ -53,7 +53,7 @@ class TensorFacts(LazyFacts):
         self._read = read
         self._values: np.ndarray | None = None
 
-    def values(self) -> np.ndarray:
+    def array(self) -> np.ndarray:
         """The tensor's values, read on first use."""
         if self._values is None:
             self._values = self._read(self["key"])
@@ -64,7 +64,7 @@ class TensorFacts(LazyFacts):
         self._values = None
 
     def _compute(self, group: str) -> None:
-        self._cache.update(_GROUP_FUNCTIONS[group](self.values(), self))
+        self._cache.update(_GROUP_FUNCTIONS[group](self.array(), self))
 
     providers = {
         **provides(FINITENESS, lambda self: self._compute("finiteness")),
@@ -77,7 +77,7 @@ class TensorFacts(LazyFacts):
 
 def _init_facts(values: np.ndarray, facts: TensorFacts) -> dict[str, Any]:
     judged = facts["is_float"] and facts["ndim"] >= 2
-    fits = fingerprint(values, facts["module_kind"]) if judged else []
+    fits = matching_inits(values, facts["module_kind"]) if judged else []
     return {"init_fits": fits, "init_best": fits[0] if fits else None}
 
 

@@ -17,9 +17,9 @@ from ckptlint.facts.expectation import Expectation, infer_expectation
 from ckptlint.facts.pair import PairFacts, stage_of
 from ckptlint.facts.score import ScoreEntry
 from ckptlint.facts.tensor import TensorFacts
-from ckptlint.graph.align import Alignment, align
+from ckptlint.align.alignment import Alignment, align
 from ckptlint.graph.build import split_key
-from ckptlint.graph.schemes import canonical_name
+from ckptlint.align.schemes import canonical_name
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.presets import preset, presets
 

@@ -5,7 +5,7 @@ from importlib import import_module
 from typing import Callable
 
 from ckptlint.errors import ConfigError
-from ckptlint.model import Report
+from ckptlint.results import Report
 
 FORMATS = {
     "text": "ckptlint.report.text:render_text",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ckptlint.model import Diagnosis, severity_rank
+from ckptlint.results import Diagnosis
+from ckptlint.severity import severity_rank
 
 
 def tensor_list(diagnosis: Diagnosis, limit: int) -> str:

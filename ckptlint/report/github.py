@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ckptlint.model import SEVERITIES, Report
+from ckptlint.results import Report
+from ckptlint.severity import SEVERITIES
 from ckptlint.report.diagnosis import tensor_list
 from ckptlint.report.numbers import human_count, percent
 

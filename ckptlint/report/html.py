@@ -12,7 +12,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 import ckptlint
-from ckptlint.model import SEVERITIES, Diagnosis, Report
+from ckptlint.results import Diagnosis, Report
+from ckptlint.severity import SEVERITIES
 from ckptlint.report.numbers import human_count, percent
 
 # Worst first: a module shows the worst verdict among its tensors.

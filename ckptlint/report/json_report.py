@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 import ckptlint
-from ckptlint.model import Diagnosis, Report
+from ckptlint.results import Diagnosis, Report
 
 SCHEMA_VERSION = 1
 

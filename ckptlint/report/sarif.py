@@ -8,8 +8,9 @@ from typing import Any
 from urllib.parse import quote
 
 import ckptlint
-from ckptlint.fingerprint import diagnosis_fingerprint, fingerprint, relative_path
-from ckptlint.model import Diagnosis, Finding, Report, severity_rank
+from ckptlint.identity import diagnosis_fingerprint, finding_fingerprint, relative_path
+from ckptlint.results import Diagnosis, Finding, Report
+from ckptlint.severity import severity_rank
 from ckptlint.report.diagnosis import primary_code, tensor_list
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -63,7 +64,7 @@ def _result(finding: Finding, index: dict[str, int], root: str, suppressed: bool
         "level": LEVELS[finding.severity],
         "message": {"text": f"{finding.key}: {finding.message}" if finding.key else finding.message},
         "locations": [location],
-        "partialFingerprints": {"primaryLocationLineHash": f"{fingerprint(finding, root)}:1"},
+        "partialFingerprints": {"primaryLocationLineHash": f"{finding_fingerprint(finding, root)}:1"},
         "properties": {"name": finding.name, "evidence": finding.evidence},
     }
     if suppressed:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from ckptlint.model import SEVERITIES, Diagnosis, FileSummary, Finding, Report, severity_rank
+from ckptlint.results import Diagnosis, FileSummary, Finding, Report
+from ckptlint.severity import SEVERITIES, severity_rank
 from ckptlint.report.numbers import human_count, percent
 
 # How the file line counts a transfer's pairs that are not plain copies.

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from ckptlint.graph.schemes import canonical_name, schemes
+from ckptlint.align.schemes import canonical_name, schemes
 from ckptlint.io.checkpoint import TensorRef
 
 MIN_SUFFIX_PARTS = 2  # "weight" alone says nothing; "conv1.weight" starts to

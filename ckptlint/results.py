@@ -5,12 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SEVERITIES = ("info", "warning", "error")  # in increasing order
-
-
-def severity_rank(severity: str) -> int:
-    """info 0 < warning 1 < error 2; ``never`` ranks above everything."""
-    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+from ckptlint.severity import severity_rank
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.pair import PairFacts
 from ckptlint.facts.tensor import TensorFacts
-from ckptlint.graph.align import Pair
+from ckptlint.align.alignment import Pair
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.load_mapping import AppliedMapping, LoadMapping
 

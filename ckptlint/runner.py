@@ -12,20 +12,20 @@ from typing import Any, Iterator, Sequence
 from ckptlint.diagnose import diagnose
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.engine.rules import Rule
-from ckptlint.engine.runner import Evaluator, check_checkpoint, check_pickle_globals
+from ckptlint.engine.evaluate import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import CheckpointError, ConfigError
 from ckptlint.facts.checkpoint import CheckpointFacts
-from ckptlint.facts.model_check import ModelContext
+from ckptlint.facts.model_reference import ModelContext
 from ckptlint.facts.score import ScoreEntry, score_summary
 from ckptlint.facts.transfer import TransferContext, TransferOptions
-from ckptlint.fingerprint import find_source_root
+from ckptlint.identity import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.folder import pickle_files
 from ckptlint.io.open import open_checkpoint, scanned_globals
 from ckptlint.io.unpickler import PickleGlobal
-from ckptlint.model_factory import load_model
-from ckptlint.model import Finding, FileSummary, PairRecord, ReadError, Report
+from ckptlint.user_model import load_model
+from ckptlint.results import Finding, FileSummary, PairRecord, ReadError, Report
 from ckptlint.progress import NoProgress, Progress
 
 

@@ -15,9 +15,8 @@ from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.security import distinct_global_facts
 from ckptlint.facts.tensor import TensorFacts
 from ckptlint.facts.transfer import Reference
-from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.unpickler import PickleGlobal
-from ckptlint.model import Finding
+from ckptlint.results import Finding
 from ckptlint.progress import NoProgress, Progress
 
 

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
-from ckptlint.model import Diagnosis, Finding
+from ckptlint.results import Diagnosis, Finding
 
 
 def find_source_root(start: str | os.PathLike[str] = ".") -> str:
@@ -27,7 +27,7 @@ def relative_path(path: str, root: str) -> str:
         return absolute.as_posix()
 
 
-def fingerprint(finding: Finding, root: str) -> str:
+def finding_fingerprint(finding: Finding, root: str) -> str:
     """Rule, file (relative to the source root) and key: what a finding is about, not its numbers."""
     text = "\0".join((finding.code, relative_path(finding.file, root), finding.key or ""))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

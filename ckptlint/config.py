@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ckptlint._toml import tomllib
-from ckptlint.runner import Options
 from ckptlint.baseline import load_baseline
 from ckptlint.engine.selection import Selection
 from ckptlint.errors import ConfigError
-from ckptlint.facts.transfer import TransferOptions
+from ckptlint.options import Options, TransferOptions
 from ckptlint.severity import SEVERITIES
 from ckptlint.presets import EXPECTATIONS, presets
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -13,12 +13,12 @@ from ckptlint.diagnose import diagnose
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.engine.rules import Rule
 from ckptlint.engine.evaluate import Evaluator, check_checkpoint, check_pickle_globals
-from ckptlint.engine.selection import Selection
 from ckptlint.errors import CheckpointError, ConfigError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.model_reference import ModelContext
 from ckptlint.facts.score import ScoreEntry, score_summary
-from ckptlint.facts.transfer import TransferContext, TransferOptions
+from ckptlint.facts.transfer import TransferContext
+from ckptlint.options import Options
 from ckptlint.identity import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.folder import pickle_files
@@ -32,22 +32,6 @@ from ckptlint.progress import NoProgress, Progress
 MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
 DEBUG_ENV = "CKPTLINT_DEBUG"  # set: an unexpected exception while checking a file is raised, not recorded
 SCORES = ("score", "parameters", "score_by_tensors", "tensors")
-
-
-@dataclass(frozen=True)
-class Options:
-    """Everything that shapes a run; the CLI and configuration fill it in."""
-
-    selection: Selection = field(default_factory=Selection)
-    fail_on: str = "error"
-    key: str | None = None
-    hash_files: bool = True
-    rule_folders: tuple[Path, ...] = ()
-    pretrained: str | Checkpoint | None = None  # a path, or an in-memory checkpoint
-    pretrained_key: str | None = None
-    transfer: TransferOptions = field(default_factory=TransferOptions)
-    model: str | None = None  # package.module:factory building the model to load into
-    allow_globals: tuple[str, ...] = ()  # pickle globals the project trusts (`allow-globals`)
 
 
 @cache

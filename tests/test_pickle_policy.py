@@ -25,7 +25,8 @@ import pytest
 
 import malicious_corpus as corpus
 from ckptlint import lint
-from ckptlint.runner import Options, check_paths
+from ckptlint.options import Options
+from ckptlint.runner import check_paths
 from ckptlint.engine.selection import Selection
 from ckptlint.facts import security
 from ckptlint.io.dtypes import DTYPES

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ckptlint.runner import Options, check_paths
+from ckptlint.options import Options
+from ckptlint.runner import check_paths
 from ckptlint.engine.selection import Selection
 from conftest import CASES, run_subprocess
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ckptlint.runner import Options, check_paths
-from ckptlint.facts.transfer import TransferOptions
+from ckptlint.options import Options
+from ckptlint.runner import check_paths
+from ckptlint.options import TransferOptions
 from ckptlint.align.alignment import align
 from ckptlint.io import open_checkpoint
 from conftest import CASES, FIXTURES, fixture_generator, run_subprocess

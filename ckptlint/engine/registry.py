@@ -49,7 +49,7 @@ def load_rules_from(folder: Path, package: str | None = None) -> list[Rule]:
     if not folder.is_dir():
         owner = f"rule pack {package!r}: " if package else ""
         raise RuleError(f"{owner}rule folder not found", str(folder))
-    return [load_rule_file(path) for path in sorted(folder.glob("*.toml"))]
+    return [load_rule_file(path) for path in sorted(folder.glob("*/rule.toml"))]
 
 
 def load_all_rules(extra_folders: tuple[Path, ...] = ()) -> list[Rule]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 from collections import ChainMap, defaultdict
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
@@ -21,21 +20,11 @@ from ckptlint.align.alignment import Alignment, align
 from ckptlint.graph.build import split_key
 from ckptlint.align.schemes import canonical_name
 from ckptlint.io.checkpoint import Checkpoint
+from ckptlint.options import TransferOptions
 from ckptlint.presets import preset, presets
 
 # The ImageNet classifier a detector drops (torchvision/timm ``fc``, HF ``classifier``, timm ``head``).
 HEAD_PATTERNS = ("fc.*", "classifier.*", "head.*")
-
-
-@dataclass(frozen=True)
-class TransferOptions:
-    """How the target should relate to the pretrained checkpoint."""
-
-    expect: str = "auto"  # auto: decided from the evidence; copied; finetuned
-    preset: str | None = None
-    scope: str | None = None
-    maps: tuple[tuple[str, str], ...] = ()
-    max_drift: float = 0.25  # relative L2 change a fine-tuned trainable tensor may show
 
 
 def is_head(canonical: str) -> bool:

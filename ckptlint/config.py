@@ -4,34 +4,28 @@ command line (which wins) into one or more jobs: the paths and the Options to ch
 Found by walking up from the current directory (never from a checked file's folder), or named
 with --config; a discovered one may not import code or silence the pickle rules. Paths in the
 file are relative to its folder; ``[[targets]]`` give per-glob settings, such as the pretrained
-checkpoint for ``models/detr_*.pt``.
+checkpoint for ``models/detr_*.pt``. What each value may be is ckptlint.options' to say; a file's
+values are checked as it is read, so that an error names the file.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ckptlint._toml import tomllib
-from ckptlint.baseline import load_baseline
-from ckptlint.engine.selection import Selection
 from ckptlint.errors import ConfigError
-from ckptlint.options import Options, TransferOptions
-from ckptlint.severity import SEVERITIES
-from ckptlint.presets import EXPECTATIONS, presets
+from ckptlint.options import NEEDS_PRETRAINED, SETTINGS, Options, check_needs_pretrained, check_settings
 
-# Settings a target glob may override, and the ones only the top level takes.
+# Settings a target glob may override; the top level takes every setting, and the targets.
 PER_TARGET = {"pretrained", "pretrained-key", "key", "scope", "maps", "expect", "preset", "max-drift", "min-score",
               "model"}
-# Settings that only mean something against a pretrained checkpoint: without one they would do
-# nothing, silently, so they are a usage error.
-NEEDS_PRETRAINED = ("pretrained-key", "scope", "maps", "preset", "max-drift", "min-score")
-TOP_LEVEL = PER_TARGET | {"select", "ignore", "fail-on", "baseline", "severity", "params",
-                          "per-key-ignores", "targets", "allow-globals"}
+TOP_LEVEL = SETTINGS | {"targets"}
 PATH_SETTINGS = ("pretrained", "baseline")
 
 
@@ -44,7 +38,7 @@ class Config:
     settings: dict[str, Any]
 
 
-def check_setting_names(table: dict[str, Any], allowed: set[str], where: str, path: str | None) -> None:
+def check_setting_names(table: Mapping[str, Any], allowed: Collection[str], where: str, path: str | None) -> None:
     for key in table:
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
@@ -87,15 +81,13 @@ SECURITY_RULES = ("unsafe-pickle", "CKP001", "unknown-pickle-global", "CKP002")
 
 def _trusted(config: Config) -> Config:
     """Refuse what only a configuration the user named may do: import code, weaken the
-    security rules."""
-    tables = [config.settings, *[t for t in config.settings.get("targets", []) if isinstance(t, dict)]]
+    security rules. Runs on a validated configuration: targets are tables, rule names come in lists."""
     problems = []
-    if any("model" in table for table in tables):
+    if any("model" in table for table in (config.settings, *config.settings.get("targets", []))):
         problems.append("`model` imports code")
-    named = [*config.settings.get("ignore", ()), *config.settings.get("severity", {}),
-             *config.settings.get("per-key-ignores", {}).values()]
-    flat = {name for entry in named for name in ([entry] if isinstance(entry, str) else entry)}
-    if flat & set(SECURITY_RULES):
+    named = {*config.settings.get("ignore", ()), *config.settings.get("severity", {}),
+             *(rule for rules in config.settings.get("per-key-ignores", {}).values() for rule in rules)}
+    if named & set(SECURITY_RULES):
         problems.append("it ignores or re-rates the pickle-safety rules")
     select = config.settings.get("select", ())
     if select and not set(select) & set(SECURITY_RULES[:2]):
@@ -111,21 +103,23 @@ def _trusted(config: Config) -> Config:
 
 
 def _validated(config: Config) -> Config:
+    """Every name and value of the file, and every target, checked as the file is read."""
     where = "[tool.ckptlint]" if config.path.endswith("pyproject.toml") else "the top level"
     check_setting_names(config.settings, TOP_LEVEL, where, config.path)
-    for index, target in enumerate(config.settings.get("targets", [])):
-        if not isinstance(target, dict) or "glob" not in target:
+    check_settings(config.settings, config.path)
+    targets = config.settings.get("targets", [])
+    if not isinstance(targets, list):
+        raise ConfigError("targets must be an array of tables ([[targets]] with a glob each)", config.path)
+    for index, target in enumerate(targets):
+        if not isinstance(target, dict) or not isinstance(target.get("glob"), str):
             raise ConfigError(f"targets[{index}] needs a glob", config.path)
         check_setting_names(target, PER_TARGET | {"glob"}, f"targets[{index}]", config.path)
+        check_settings(target, config.path)
         check_needs_pretrained(target, target.get("pretrained", config.settings.get("pretrained")), config.path)
     # Top-level transfer settings are defaults for the targets that name a pretrained file.
     pretrained_somewhere = config.settings.get("pretrained") or next(
-        (t["pretrained"] for t in config.settings.get("targets", []) if isinstance(t, dict) and "pretrained" in t),
-        None)
+        (target["pretrained"] for target in targets if "pretrained" in target), None)
     check_needs_pretrained(config.settings, pretrained_somewhere, config.path)
-    fail_on = config.settings.get("fail-on")
-    if fail_on is not None and fail_on not in (*SEVERITIES, "never"):
-        raise ConfigError(f"fail-on must be one of {', '.join(SEVERITIES)}, never", config.path)
     return config
 
 
@@ -141,97 +135,28 @@ def _target_settings(path: str, config: Config) -> dict[str, Any]:
     return {}
 
 
-def resolve_jobs(paths: Sequence[str], cli: dict[str, Any], config: Config | None,
-                 hash_files: bool = True) -> list[tuple[list[str], Options]]:
-    """Group ``paths`` by their effective settings (file, then its target glob, then the command
-    line) and build the Options of each group."""
-    base = _absolute({k: v for k, v in config.settings.items() if k != "targets"}, config.folder) if config else {}
+def job_settings(path: str | None, given: Mapping[str, Any], config: Config | None) -> dict[str, Any]:
+    """The settings ``path`` is checked with: the file's, then those of the first target glob it
+    matches (none for a target in memory, ``path`` None), then ``given`` (the command line's or
+    ``lint()``'s), which win. The file's transfer settings are defaults for the targets that have
+    a pretrained checkpoint: a path without one does not get them."""
+    if config is None:
+        return dict(given)
+    from_file = _absolute({k: v for k, v in config.settings.items() if k != "targets"}, config.folder)
+    if path is not None:
+        from_file.update(_target_settings(path, config))
+    if from_file.get("pretrained") is None and given.get("pretrained") is None:
+        from_file = {name: value for name, value in from_file.items() if name not in NEEDS_PRETRAINED}
+    return {**from_file, **given}
+
+
+def resolve_jobs(paths: Sequence[str], given: Mapping[str, Any], config: Config | None,
+                 hash_files: bool = True, histograms: bool = False) -> list[tuple[list[str], Options]]:
+    """Group ``paths`` by their settings (``job_settings``) and build the Options of each group.
+    The file's values were checked as it was read: an error here is about ``given``."""
     jobs: dict[str, tuple[list[str], Options]] = {}
     for path in paths:
-        settings = {**base, **(_target_settings(path, config) if config else {}), **cli}
-        check_needs_pretrained(cli, settings.get("pretrained"), None)
-        options = options_from_settings(settings, hash_files, config.path if config else None)
+        options = Options.from_settings(job_settings(path, given, config), hash_files=hash_files,
+                                        histograms=histograms)
         jobs.setdefault(repr(options), ([], options))[0].append(path)
     return list(jobs.values())
-
-
-def _maps(value: Any, source: str | None) -> tuple[tuple[str, str], ...]:
-    if isinstance(value, dict):
-        return tuple((str(k), str(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (tuple, list)) and len(v) == 2 for v in value):
-        return tuple((str(a), str(b)) for a, b in value)
-    raise ConfigError("maps must be a table of OLD = NEW prefixes", source)
-
-
-def _choice(settings: dict[str, Any], name: str, choices: Sequence[str], source: str | None) -> None:
-    value = settings.get(name)
-    if value is not None and value not in choices:
-        close = difflib.get_close_matches(str(value), list(choices), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}{hint}", source)
-
-
-def check_needs_pretrained(settings: dict[str, Any], pretrained: Any, source: str | None) -> None:
-    """Transfer settings without a pretrained checkpoint would do nothing: a usage error."""
-    if pretrained is not None:
-        return
-    given = [name for name in NEEDS_PRETRAINED if settings.get(name) not in (None, (), {}, [])]
-    if settings.get("expect") not in (None, "auto"):
-        given.insert(0, "expect")
-    if given:
-        verb = "means" if len(given) == 1 else "mean"
-        raise ConfigError(f"{', '.join(given)} only {verb} something against a pretrained checkpoint, and none "
-                          "was given (--pretrained FILE, or pretrained = ... in the configuration)", source)
-
-
-def _validate(settings: dict[str, Any], source: str | None) -> None:
-    """Every value checked once, whoever gave it (command line, configuration, ``lint()``)."""
-    _choice(settings, "fail-on", (*SEVERITIES, "never"), source)
-    _choice(settings, "expect", EXPECTATIONS, source)
-    _choice(settings, "preset", sorted(presets()), source)
-    for name, low, high in (("max-drift", 0.0, None), ("min-score", 0.0, 100.0)):
-        value = settings.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or value < low or (high is not None and value > high)):
-            bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-            raise ConfigError(f"{name} must be a number {bounds}, not {value!r}", source)
-
-
-def options_from_settings(settings: dict[str, Any], hash_files: bool, source: str | None = None) -> Options:
-    """Options from settings named as in the configuration file (``fail-on``, ``max-drift``),
-    validated: an invalid value or a setting that would do nothing is a ConfigError."""
-    _validate(settings, source)
-    baseline = settings.get("baseline")
-    selection = Selection(
-        select=tuple(settings.get("select", ())),
-        ignore=tuple(settings.get("ignore", ())),
-        severity=dict(settings.get("severity", {})),
-        params=_params(settings),
-        per_key_ignores={k: tuple(v) for k, v in settings.get("per-key-ignores", {}).items()},
-        baseline=load_baseline(baseline) if baseline else frozenset(),
-    )
-    transfer = TransferOptions(
-        expect=settings.get("expect", "auto"), preset=settings.get("preset"), scope=settings.get("scope"),
-        maps=_maps(settings.get("maps", ()), source), max_drift=float(settings.get("max-drift", 0.25)),
-    )
-    return Options(selection=selection, fail_on=settings.get("fail-on", "error"), key=settings.get("key"),
-                   hash_files=hash_files, pretrained=settings.get("pretrained"),
-                   pretrained_key=settings.get("pretrained-key"), transfer=transfer, model=settings.get("model"),
-                   allow_globals=_allow_globals(settings.get("allow-globals", ()), source))
-
-
-def _allow_globals(value: Any, source: str | None) -> tuple[str, ...]:
-    """``allow-globals``: exact ``module.name`` globals the project trusts its pickles to invoke."""
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)) or not all(
-            isinstance(n, str) and "." in n.strip(".") and not set(n) & set(" *?[]") for n in names):
-        raise ConfigError(f"allow-globals must be a list of exact module.name globals, not {value!r}", source)
-    return tuple(names)
-
-
-def _params(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Rule parameters; ``min-score`` is low-transfer-score's minimum."""
-    params = {k: dict(v) for k, v in settings.get("params", {}).items()}
-    if settings.get("min-score") is not None:
-        params.setdefault("low-transfer-score", {})["min_score"] = float(settings["min-score"])
-    return params

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ckptlint.runner import run_jobs
-from ckptlint.config import (PER_TARGET, TOP_LEVEL, check_needs_pretrained, check_setting_names, load_config,
-                             options_from_settings)
+from ckptlint.config import check_setting_names, job_settings, load_config
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.memory import memory_checkpoint
+from ckptlint.options import SETTINGS, Options, check_settings
 from ckptlint.results import Report
+from ckptlint.runner import run_jobs
 
 PathLike = (str, os.PathLike)
 
@@ -27,18 +27,21 @@ def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = Non
     arrays (or a checkpoint dict holding one, such as ``{"model": ...}``), or a
     ``torch.nn.Module``. Options are the CLI's, in Python spelling: ``select``, ``ignore``,
     ``fail_on``, ``key``, ``pretrained_key``, ``scope``, ``maps`` (``{"old.": "new."}``),
-    ``expect``, ``preset``, ``max_drift``, ``model``, ``severity``, ``params``,
-    ``per_key_ignores``, ``baseline``. ``config``: a configuration file's path, or True to find
-    one from the current directory as the CLI does; its settings are overridden by ``options``.
+    ``expect``, ``preset``, ``max_drift``, ``min_score``, ``model``, ``severity``, ``params``,
+    ``per_key_ignores``, ``baseline``, ``allow_globals``. ``config``: a configuration file's path,
+    or True to find one from the current directory as the CLI does; a path target gets the
+    settings of the file's first matching ``[[targets]]`` glob too, and ``options`` win. An invalid
+    option is a ConfigError (named as in the configuration: ``fail-on``) before anything is read.
     """
-    settings = {name.replace("_", "-"): value for name, value in options.items() if value is not None}
-    check_setting_names(settings, (TOP_LEVEL | PER_TARGET) - {"targets", "pretrained"}, "lint() options", None)
-    found = load_config(config if isinstance(config, str) else None) if config else None
-    merged = {**({k: v for k, v in found.settings.items() if k != "targets"} if found else {}), **settings}
-    target_source = _source(target, "<target>", merged.get("key"))
+    given = {name.replace("_", "-"): value for name, value in options.items() if value is not None}
+    check_setting_names(given, SETTINGS - {"pretrained"}, "lint() options", None)
+    given = check_settings(given)  # before pretrained-key is used to read an object in memory
     if pretrained is not None:
-        merged["pretrained"] = _source(pretrained, "<pretrained>", merged.get("pretrained-key"))
-    elif found and isinstance(found.settings.get("pretrained"), str):
-        merged["pretrained"] = str(found.folder / found.settings["pretrained"])
-    check_needs_pretrained(settings, merged.get("pretrained"), None)
-    return run_jobs([([target_source], options_from_settings(merged, hash_files=False))])
+        given["pretrained"] = pretrained
+    found = load_config(config if isinstance(config, str) else None) if config else None
+    settings = job_settings(os.fspath(target) if isinstance(target, PathLike) else None, given, found)
+    if settings.get("pretrained") is not None:
+        settings["pretrained"] = _source(settings["pretrained"], "<pretrained>", settings.get("pretrained-key"))
+    # the report may be rendered as HTML later: keep its histograms
+    chosen = Options.from_settings(settings, hash_files=False, histograms=True)
+    return run_jobs([([_source(target, "<target>", chosen.key)], chosen)])

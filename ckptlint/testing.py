@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptlint.results import Report
+from ckptlint.numbers import percent
 from ckptlint.python_api import lint
-from ckptlint.report.numbers import percent
 from ckptlint.report.text import tally_line
+from ckptlint.results import Report
 
 MAX_LISTED = 20  # failing findings named in the message; the rest are counted
 
 
 def assert_transferred(model_or_state_dict: Any, pretrained: Any, **options: Any) -> Report:
     """Raise AssertionError with the text report when any finding at or above ``fail_on``
-    (default ``error``) exists or a checkpoint could not be read; else return the report.
+    (default ``error``) exists or a checkpoint could not be read; else return the report. The
+    options are ``lint()``'s: an invalid one (``fail_on="warn"``) raises ConfigError before
+    anything is read, so a guard that could never fail does not pass silently.
 
     ``assert_transferred(detr.backbone, torchvision_resnet50, scope="0.body")``
     """
@@ -30,8 +32,8 @@ def failure_message(report: Report) -> str:
     is ``report.render("text", verbose=True)``."""
     lines = [f"ckptlint: the weights do not reflect the pretrained ones: {report.why_failed()}"]
     if report.transfer is not None:
-        lines.append(f"transfer score {percent(report.transfer['score'])} of {report.transfer['parameters']} "
-                     f"parameters; judged as {report.transfer['expect']}: {report.transfer['expect_reason']}")
+        lines.append(f"transfer score {percent(report.transfer.score)} of {report.transfer.parameters} "
+                     f"parameters; judged as {report.transfer.expect}: {report.transfer.expect_reason}")
     lines += [f"  {e.file}: {e.message}" for e in report.errors]
     failing = set(report.failing)
     lines += [f"  {d.severity} {d.title}. Fix: {d.fix}" for d in report.diagnoses

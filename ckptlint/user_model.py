@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 from ckptlint.errors import ConfigError
 from ckptlint.io.memory import MemoryCheckpoint, memory_checkpoint
@@ -19,12 +20,10 @@ def load_model(spec: str) -> MemoryCheckpoint:
     renames keys as it loads them (transformers), the result carries that renaming as
     ``load_mapping`` (see ckptlint.load_mapping); otherwise ``load_mapping`` is None.
     """
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError(f"--model {spec}: expected package.module:factory")
+    module_name, _, attribute = spec.partition(":")  # its form was checked with the options
     sys.path.insert(0, os.getcwd())
     try:
-        factory = importlib.import_module(module_name)
+        factory: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             factory = getattr(factory, part)
         built = factory()
@@ -34,5 +33,5 @@ def load_model(spec: str) -> MemoryCheckpoint:
     finally:
         sys.path.remove(os.getcwd())
     checkpoint = memory_checkpoint(built, f"<model {spec}>")
-    checkpoint.load_mapping = load_mapping(built)  # type: ignore[attr-defined]  # read by ModelContext
+    checkpoint.load_mapping = load_mapping(built)  # read by facts/model_reference.py
     return checkpoint

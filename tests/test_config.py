@@ -94,6 +94,28 @@ def test_bad_configuration_is_one_line_exit_2(project: Path, run, text: str, pro
     assert problem in result.err and result.err.count("\n") == 1
 
 
+@pytest.mark.parametrize("text, problem", [
+    ('[tool.ckptlint]\nfail-on = "eror"\n',
+     "fail-on must be one of info, warning, error, never, not 'eror' (did you mean 'error'?)"),
+    ('[tool.ckptlint.severity]\nnon-finite = "warn"\n',
+     "severity for non-finite must be one of info, warning, error, not 'warn' (did you mean 'warning'?)"),
+    ('[tool.ckptlint]\nmax-drift = -1\n', "max-drift must be a number at least 0, not -1"),
+    ('[tool.ckptlint]\nselect = "non-finite"\n', "select must be a list of rule names, not 'non-finite'"),
+    ('[tool.ckptlint]\npretrained = "x.pt"\nmaps = ["backbone."]\n', "maps must be a table of OLD = NEW key prefixes"),
+    ('[tool.ckptlint]\ntargets = 3\n', "targets must be an array of tables"),
+    ('[tool.ckptlint]\nexpect = "copied"\n', "expect only means something against a pretrained checkpoint"),
+    ('[[tool.ckptlint.targets]]\nglob = "*.pt"\npretrained = "x.pt"\nexpect = "copy"\n',
+     "expect must be one of auto, copied, finetuned, not 'copy' (did you mean 'copied'?)"),
+])
+def test_an_invalid_value_names_the_setting_and_the_file(project: Path, run, text: str, problem: str) -> None:
+    """Checked as the file is read, before any checkpoint is."""
+    (project / "pyproject.toml").write_text(text)
+    result = run("check", str(project / "models" / "other.pt"), cwd=project)
+    assert (result.code, result.out) == (2, "")
+    assert result.err.startswith(f"ckptlint: error: {project / 'pyproject.toml'}: {problem}")
+    assert result.err.count("\n") == 1
+
+
 def test_explicit_config_file(project: Path, run, tmp_path: Path) -> None:
     config = tmp_path / "elsewhere.toml"
     config.write_text('select = ["unsafe-pickle"]\n')

@@ -84,7 +84,7 @@ def test_correct_transfer_from_modules_with_tied_weights_and_frozen_bn() -> None
     detr, pretrained = DetrLike(), pretrained_resnet()
     load_backbone_properly(detr, pretrained)
     report = ckptlint.lint(detr, pretrained)
-    assert report.ok and report.transfer["score"] == 1.0
+    assert report.ok and report.transfer.score == 1.0
     assert {f.name for f in report.findings} == {"unused-pretrained-key"}  # fc.* and num_batches_tracked
     assert {f.key for f in report.findings} == {"fc.weight", "fc.bias"}
     assert not [f for f in report.findings if "class_embed" in (f.key or "")]
@@ -99,7 +99,7 @@ def test_seed_scenarios_naive_interpolated_selective() -> None:
     report = ckptlint.lint(naive, pretrained)
     not_transferred = {f.key for f in report.findings if f.name == "not-transferred"}
     assert not_transferred == {k for k in naive.state_dict() if k.startswith("backbone.0.body.")}
-    assert report.transfer["score"] == 0.0 and not report.ok
+    assert report.transfer.score == 0.0 and not report.ok
     nothing_loaded, head = report.diagnoses
     assert nothing_loaded.kind == "nothing-loaded" and head.kind == "head-dropped" and not report.undiagnosed
     assert '{"backbone.0.body." + k: v for k, v in sd.items()}' in nothing_loaded.fix
@@ -120,7 +120,7 @@ def test_seed_scenarios_naive_interpolated_selective() -> None:
     (finding,) = [f for f in report.findings if f.name == "not-transferred"]
     assert finding.key == "backbone.0.body.layer2.0.weight" and finding.evidence["init"] == "xavier_uniform"
     assert report.diagnoses[0].title.startswith("layer2.0 re-initialised (xavier_uniform convolutions): 1 tensor,")
-    assert report.transfer["by_stage"]["layer1"]["score"] == 1.0 and report.transfer["by_stage"]["layer2"]["score"] < 1
+    assert report.transfer.by_stage["layer1"].score == 1.0 and report.transfer.by_stage["layer2"].score < 1
 
 
 def test_numpy_state_dicts_paths_and_options() -> None:
@@ -136,6 +136,26 @@ def test_numpy_state_dicts_paths_and_options() -> None:
     assert {f.severity for f in in_memory.findings} == {"error"} and not in_memory.ok
     with pytest.raises(ConfigError, match="did you mean 'max-drift'"):
         ckptlint.lint(target, pretrained, max_drif=0.1)
+
+
+def test_lint_with_a_configuration_gives_a_path_its_target_globs_settings(run, tmp_path) -> None:
+    """``lint(path, config=FILE)`` checks the path with exactly the settings ``ckptlint check
+    --config FILE`` gives it, its ``[[targets]]`` glob included."""
+    selective, other = str(CASES / "transfer-selective" / "detr.pth"), str(CASES / "non-finite" / "model.pt")
+    config = tmp_path / "named.toml"
+    config.write_text(f'fail-on = "warning"\n[[targets]]\nglob = "*transfer-selective*"\n'
+                      f'pretrained = "{FIXTURES / "models" / "resnet50_tiny.pth"}"\npreset = "detr"\n')
+    transfers = {}
+    for path in (selective, other):
+        report = ckptlint.lint(path, config=str(config))
+        as_json = json.loads(report.render("json"))
+        cli = run("check", path, "--config", str(config), "--format", "json", "--no-hash", cwd=tmp_path).json
+        assert [(f["name"], f["key"], f["severity"]) for f in as_json["findings"]] == [
+            (f["name"], f["key"], f["severity"]) for f in cli["findings"]]
+        assert as_json["transfer"] == cli["transfer"] and report.fail_on == "warning"
+        transfers[path] = as_json["transfer"]
+    assert transfers[selective]["score"] < 1
+    assert transfers[other] is None  # no glob matched: no pretrained file
 
 
 def test_render_every_format() -> None:
@@ -154,7 +174,7 @@ def test_assert_transferred() -> None:
     assert "transfer score 0.0%" in message and "judged as copied" in message
     assert len(message.splitlines()) <= 24, "the message names the first failing findings, not the whole report"
     load_backbone_properly(detr, pretrained)
-    assert assert_transferred(detr, pretrained).transfer["score"] == 1.0
+    assert assert_transferred(detr, pretrained).transfer.score == 1.0
 
 
 def test_model_option_in_python(monkeypatch) -> None:

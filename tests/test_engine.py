@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from ckptlint.engine.registry import load_all_rules, load_rules_from
+from ckptlint.engine.rule_table import markdown_table
 from ckptlint.errors import RuleError
 from conftest import CASES, REPO
 
@@ -18,7 +21,7 @@ GOOD_RULE = '''
 code = "XYZ001"
 name = "always"
 severity = "info"
-scope = "file"
+subject = "file"
 condition = "{condition}"
 message = "fires"
 [docs]
@@ -27,12 +30,20 @@ why = "w"
 example = "e"
 fix = "f"
 '''
+RULE_FOLDER = "XYZ001-always"
+
+
+def write_rule(rules: Path, text: str, folder: str = RULE_FOLDER) -> Path:
+    """A rule folder ``rules/<folder>/rule.toml`` holding ``text``; returns the rule file."""
+    path = rules / folder / "rule.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def _rule_dir(tmp_path: Path, condition: str) -> Path:
     folder = tmp_path / "rules"
-    folder.mkdir(exist_ok=True)
-    (folder / "r.toml").write_text(GOOD_RULE.format(condition=condition))
+    write_rule(folder, GOOD_RULE.format(condition=condition))
     return folder
 
 
@@ -44,28 +55,87 @@ def _rule_dir(tmp_path: Path, condition: str) -> Path:
 def test_broken_rule_files_name_the_file(tmp_path: Path, condition: str, problem: str) -> None:
     with pytest.raises(RuleError, match=problem) as caught:
         load_rules_from(_rule_dir(tmp_path, condition))
-    assert str(caught.value).startswith(str(tmp_path / "rules" / "r.toml"))
+    assert str(caught.value).startswith(str(tmp_path / "rules" / RULE_FOLDER / "rule.toml"))
 
 
 def test_unparsable_and_incomplete_rule_files(tmp_path: Path) -> None:
     folder = tmp_path / "rules"
-    folder.mkdir()
-    (folder / "bad.toml").write_text("code = [unclosed")
+    write_rule(folder, "code = [unclosed")
     with pytest.raises(RuleError, match="cannot parse"):
         load_rules_from(folder)
-    (folder / "bad.toml").write_text('code = "XYZ001"\nname = "x"\n')
+    write_rule(folder, 'code = "XYZ001"\nname = "x"\n')
     with pytest.raises(RuleError, match="missing"):
         load_rules_from(folder)
 
 
-def test_conditions_run_sandboxed(tmp_path: Path) -> None:
-    from ckptlint.engine.evaluate import Evaluator
-    from ckptlint.engine.selection import Selection
+def test_a_flat_rule_file_is_an_error_saying_rules_are_folders(tmp_path: Path) -> None:
+    """The layout before rules were folders: loading it must not silently drop the rule."""
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "always.toml").write_text(GOOD_RULE.format(condition="true"))
+    with pytest.raises(RuleError, match=r"a rule is a folder now: move this file to always/rule.toml") as caught:
+        load_rules_from(folder)
+    assert caught.value.path == str(folder / "always.toml")
 
-    rules = load_rules_from(_rule_dir(tmp_path, "file.__class__.__mro__[1].__subclasses__()"))
-    evaluator = Evaluator(rules, Selection())
-    with pytest.raises(RuleError, match="unsafe|SecurityError|access"):
-        evaluator.evaluate(rules[0], {"format": "x"}, "f.pt", None, {})
+
+CASE = '''
+description = """A file in which the rule
+fires."""
+args = ["check", "model.pt"]
+exit_code = 0
+fires = [{ key = "", severity = "info" }]
+'''
+
+
+@pytest.mark.parametrize("cases, example, problem", [
+    ({"fires.toml": CASE}, "An example in prose.", "must name one of the rule's cases"),
+    ({"fires.toml": CASE}, "cases/other.toml", "cannot read the case"),
+    ({"quiet.toml": CASE.replace('fires = [{ key = "", severity = "info" }]', "fires = []")}, "cases/quiet.toml",
+     "stays silent in that case"),
+    ({"bare.toml": 'args = ["check"]\nfires = [1]\n'}, "cases/bare.toml", "has no description"),
+])
+def test_the_example_must_be_a_case_where_the_rule_fires(tmp_path: Path, cases: dict[str, str], example: str,
+                                                          problem: str) -> None:
+    text = GOOD_RULE.format(condition="true").replace('example = "e"', f'example = "{example}"')
+    rule_file = write_rule(tmp_path, text)
+    (rule_file.parent / "cases").mkdir()
+    for name, text in cases.items():
+        (rule_file.parent / "cases" / name).write_text(text)
+    with pytest.raises(RuleError, match=problem) as caught:
+        load_rules_from(tmp_path)
+    assert caught.value.path == str(rule_file)
+
+
+def test_the_example_is_the_named_case_s_description(tmp_path: Path) -> None:
+    rule_file = write_rule(tmp_path, GOOD_RULE.format(condition="true").replace('example = "e"',
+                                                                                 'example = "cases/fires.toml"'))
+    (rule_file.parent / "cases").mkdir()
+    (rule_file.parent / "cases" / "fires.toml").write_text(CASE)
+    (rule,) = load_rules_from(tmp_path)
+    assert rule.docs["example"] == "A file in which the rule fires."
+
+
+def test_a_rule_without_cases_writes_its_example(tmp_path: Path) -> None:
+    """A pack's rule may have no cases: its [docs] example is the text itself."""
+    write_rule(tmp_path, GOOD_RULE.format(condition="true"))
+    (rule,) = load_rules_from(tmp_path)
+    assert rule.docs["example"] == "e"
+
+
+def test_conditions_run_sandboxed(tmp_path: Path) -> None:
+    """Two walls: loading refuses a name no fact offers, and should such an expression reach the
+    evaluator anyway, the sandbox stops its walk to Python's classes."""
+    from ckptlint.engine.evaluate import Evaluator
+    from ckptlint.engine.rules import Expression
+    from ckptlint.selection import Selection
+
+    escape = "file.__class__.__mro__[1].__subclasses__()"
+    with pytest.raises(RuleError, match="not a fact"):
+        load_rules_from(_rule_dir(tmp_path, escape))
+    (rule,) = load_rules_from(_rule_dir(tmp_path, "true"))
+    escaping = replace(rule, condition=Expression(escape))
+    with pytest.raises(RuleError, match=r"unsafe|SecurityError|access"):
+        Evaluator([escaping], Selection()).evaluate(escaping, {"format": "x"}, "f.pt", None, {})
 
 
 def test_select_ignore_and_codes(run) -> None:
@@ -94,21 +164,38 @@ def test_rules_and_explain_commands(run) -> None:
     explained = run("explain", "missing-bn-stats").out
     assert "## Why it matters" in explained and "running_mean" in explained
     assert run("explain", "CKP104").out.startswith("CKP104 suspicious-init-scale")
+    assert run("rules", "--format", "markdown").out == markdown_table(load_all_rules())
+
+
+def _wheel_sources(folder: Path) -> Path:
+    """What the wheel is built from, copied: setuptools reuses a checkout's build/ folder, and a
+    stale one (rule files from an older layout) would end up in the wheel."""
+    folder.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, folder / name)
+    for name in ("ckptlint", "rules"):
+        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
 
 
 def test_installed_wheel_ships_the_rules(tmp_path: Path) -> None:
+    sources = _wheel_sources(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
+                    "-w", str(tmp_path), str(sources)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("ckptlint-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {f"ckptlint/rules/{p.name}" for p in (REPO / "rules").glob("*.toml")} <= set(names)
+    shipped = [*(REPO / "rules").glob("*/rule.toml"), *(REPO / "rules").glob("*/cases/*.toml")]
+    assert {f"ckptlint/rules/{p.relative_to(REPO / 'rules').as_posix()}" for p in shipped} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run([sys.executable, "-m", "ckptlint", "rules"], cwd=tmp_path, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == len(list((REPO / "rules").glob("*.toml")))
+    assert len(done.stdout.splitlines()) == len(list((REPO / "rules").glob("*/rule.toml")))
+    explained = subprocess.run([sys.executable, "-m", "ckptlint", "explain", "default-bn-stats"], cwd=tmp_path,
+                               env=env, capture_output=True, text=True)
+    assert "53 BatchNorms" in explained.stdout, explained.stderr  # the example, read from a case in the wheel
     probe = subprocess.run([sys.executable, "-c", "import ckptlint; print(ckptlint.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True)
     assert probe.stdout.startswith(str(site))

@@ -15,7 +15,7 @@ PACK_RULE = '''
 code = "ACME001"
 name = "acme-huge-tensor"
 severity = "warning"
-scope = "tensor"
+subject = "tensor"
 condition = "tensor.numel > params.max_numel"
 message = "{{ tensor.numel }} elements, more than the {{ params.max_numel }} the ACME runtime takes."
 [params]
@@ -30,13 +30,18 @@ fix = "Prune or factorise the layer before export."
 '''
 
 
-def _install_pack(tmp_path: Path, name: str, entry_point: str, with_rules: bool = True) -> Path:
+PACK_RULE_FILE = "ACME001-acme-huge-tensor/rule.toml"  # a rule is a folder, in a pack too
+
+
+def _install_pack(tmp_path: Path, name: str, entry_point: str, rule_file: str | None = PACK_RULE_FILE) -> Path:
+    """Build and install a pack whose package holds PACK_RULE at ``rule_file`` (None: no rule)."""
     source = tmp_path / f"src-{name}"
     package = source / name.replace("-", "_")
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    if with_rules:
-        (package / "acme.toml").write_text(PACK_RULE)
+    if rule_file:
+        (package / rule_file).parent.mkdir(parents=True, exist_ok=True)
+        (package / rule_file).write_text(PACK_RULE)
     (source / "pyproject.toml").write_text(f'''
 [build-system]
 requires = ["setuptools>=68"]
@@ -47,7 +52,7 @@ version = "1.0"
 [project.entry-points."ckptlint.rules"]
 acme = "{entry_point}"
 [tool.setuptools.package-data]
-"*" = ["*.toml"]
+"*" = ["*.toml", "*/rule.toml"]
 ''')
     site = tmp_path / f"site-{name}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
@@ -70,8 +75,17 @@ def test_installed_pack_rules_load_and_fire(tmp_path: Path) -> None:
 
 
 def test_broken_pack_is_reported_with_its_package_name(tmp_path: Path) -> None:
-    site = _install_pack(tmp_path, "broken-pack", "no_such_module_anywhere", with_rules=False)
+    site = _install_pack(tmp_path, "broken-pack", "no_such_module_anywhere", rule_file=None)
     result = _ckptlint(site, "check", str(CASES / "non-finite" / "model.pt"))
     assert result.returncode == 2
     assert "rule pack 'broken-pack'" in result.stderr and "failed to load" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_pack_with_a_flat_rule_file_says_rules_are_folders(tmp_path: Path) -> None:
+    """A pack written for the old layout fails loudly, naming its package and what to move where."""
+    site = _install_pack(tmp_path, "flat-pack", "flat_pack", rule_file="acme.toml")
+    result = _ckptlint(site, "rules")
+    assert result.returncode == 2
+    assert "rule pack 'flat-pack': a rule is a folder now: move this file to acme/rule.toml" in result.stderr
+    assert "acme.toml" in result.stderr

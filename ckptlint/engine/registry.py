@@ -1,22 +1,32 @@
-"""Find rule files — the built-in ``rules/`` and third-party packs — and load them all.
+"""Find rules — the built-in ``rules/`` and third-party packs — and load them all.
+
+A rule is a folder, ``<CODE>-<name>/``: its ``rule.toml`` and its ``cases/*.toml``, the situations
+where it must fire and must stay silent, which the tests build and run. The documented example is
+one of those cases: ``[docs] example = "cases/NAME.toml"`` names it, and the rule's example text is
+that case's description, so what ``explain`` shows is what a test executes. Only a rule without
+cases (a pack's) writes its example out in ``[docs]``.
 
 A pack registers in the entry-point group ``ckptlint.rules``; the entry point resolves to a
-folder of rule files (a path, or a module/package whose folder holds them). Packs load through
+folder of rule folders (a path, or a module/package whose folder holds them). Packs load through
 the same path as the built-in rules; one that fails is an error naming its package.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import replace
 from importlib import metadata, resources
 from pathlib import Path
 from types import ModuleType
 
 import ckptlint
+from ckptlint._toml import tomllib
 from ckptlint.engine.rules import Rule, load_rule_file
 from ckptlint.errors import RuleError
 
 ENTRY_POINT_GROUP = "ckptlint.rules"
+EXAMPLE_CASE = re.compile(r"^cases/[^/\\]+\.toml$")  # [docs] example naming one of the rule's cases
 
 
 def builtin_rules_dir() -> Path:
@@ -46,10 +56,47 @@ def pack_folders() -> list[tuple[str, Path]]:
 
 
 def load_rules_from(folder: Path, package: str | None = None) -> list[Rule]:
+    """Every rule folder in ``folder``. A rule file lying flat in it is the layout of ckptlint
+    before rules were folders: an error saying how to move it, not a rule silently skipped."""
+    owner = f"rule pack {package!r}: " if package else ""
     if not folder.is_dir():
-        owner = f"rule pack {package!r}: " if package else ""
         raise RuleError(f"{owner}rule folder not found", str(folder))
-    return [load_rule_file(path) for path in sorted(folder.glob("*/rule.toml"))]
+    flat = sorted(folder.glob("*.toml"))
+    if flat:
+        stem = flat[0].stem
+        raise RuleError(f"{owner}a rule is a folder now: move this file to {stem}/rule.toml "
+                        f"(and its cases to {stem}/cases/)", str(flat[0]))
+    return [load_rule_folder(path.parent) for path in sorted(folder.glob("*/rule.toml"))]
+
+
+def load_rule_folder(folder: Path) -> Rule:
+    """``folder/rule.toml``, its example taken from the case it names."""
+    rule = load_rule_file(folder / "rule.toml")
+    return replace(rule, docs={**rule.docs, "example": example_text(rule, folder)})
+
+
+def example_text(rule: Rule, folder: Path) -> str:
+    """The description of the case ``[docs] example`` names, which must be one where the rule fires.
+    A rule with cases must name one (one way to give an example: an executed one); a rule without
+    cases gives its example as text."""
+    named = rule.docs["example"]
+    has_cases = any((folder / "cases").glob("*.toml"))
+    if not EXAMPLE_CASE.match(named):
+        if has_cases:
+            raise RuleError('[docs] example must name one of the rule\'s cases: example = "cases/NAME.toml"',
+                            rule.source)
+        return named
+    try:
+        case = tomllib.loads((folder / named).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RuleError(f"[docs] example {named}: cannot read the case ({exc})", rule.source) from None
+    description = case.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise RuleError(f"[docs] example {named}: the case has no description", rule.source)
+    if not case.get("fires"):
+        raise RuleError(f"[docs] example {named}: the rule stays silent in that case; name one where it fires",
+                        rule.source)
+    return " ".join(description.split())
 
 
 def load_all_rules(extra_folders: tuple[Path, ...] = ()) -> list[Rule]:

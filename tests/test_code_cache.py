@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from ckptlint.engine import rules as rules_module
-from ckptlint.engine.registry import load_rules_from
 from ckptlint.engine.evaluate import Evaluator
-from ckptlint.engine.selection import Selection
+from ckptlint.engine.registry import load_rules_from
 from ckptlint.errors import RuleError
+from ckptlint.selection import Selection
 from conftest import CASES
-from test_engine import GOOD_RULE
+from test_engine import GOOD_RULE, write_rule
 
 
 @pytest.fixture
@@ -41,9 +41,7 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _rules(tmp_path: Path, condition: str, message: str = "fires") -> Path:
     folder = tmp_path / "rules"
-    folder.mkdir(exist_ok=True)
-    text = GOOD_RULE.format(condition=condition).replace('message = "fires"', f'message = "{message}"')
-    (folder / "r.toml").write_text(text)
+    write_rule(folder, GOOD_RULE.format(condition=condition).replace('message = "fires"', f'message = "{message}"'))
     return folder
 
 
@@ -108,7 +106,7 @@ def test_an_unwritable_cache_folder_only_costs_time(tmp_path: Path, monkeypatch:
 
 
 def test_an_error_found_only_by_code_generation_fails_the_load(tmp_path: Path, cache: Path) -> None:
-    with pytest.raises(RuleError, match="condition does not compile.*nosuchfilter"):
+    with pytest.raises(RuleError, match=r"condition does not compile.*nosuchfilter"):
         load_rules_from(_rules(tmp_path, "file.format | nosuchfilter"))
 
 

@@ -25,9 +25,21 @@ from types import CodeType
 import jinja2
 
 import ckptlint
+from ckptlint import vocabulary
+from ckptlint.engine import vocabulary_check
 from ckptlint.output import replace_atomically
 
-VERSIONS = f"{ckptlint.__version__}|{jinja2.__version__}|{importlib.util.MAGIC_NUMBER.hex()}"
+
+def _vocabulary_digest() -> str:
+    """Stored code skipped the load-time vocabulary check: a changed vocabulary must miss."""
+    digest = hashlib.sha256()
+    for module in (vocabulary, vocabulary_check):
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+VERSIONS = (f"{ckptlint.__version__}|{jinja2.__version__}|{importlib.util.MAGIC_NUMBER.hex()}"
+            f"|{_vocabulary_digest()}")
 DIGEST_SIZE = 32
 
 
@@ -49,9 +61,7 @@ def _private(folder: Path) -> bool:
         return False
     if not stat.S_ISDIR(info.st_mode):
         return False
-    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-        return False
-    return True
+    return not (hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)))
 
 
 def _entry(folder: Path, text: str) -> Path:
@@ -71,7 +81,7 @@ def load(text: str) -> dict[str, CodeType] | None:
     if hashlib.sha256(payload).digest() != digest:
         return None
     try:
-        codes = marshal.loads(payload)
+        codes = marshal.loads(payload)  # noqa: S302 - our own bytes: a private folder and a matching SHA-256
     except (EOFError, ValueError, TypeError):
         return None
     valid = isinstance(codes, dict) and all(isinstance(c, CodeType) for c in codes.values())

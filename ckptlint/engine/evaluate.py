@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from jinja2.exceptions import SecurityError, TemplateError
 
 from ckptlint.engine.rules import Rule
-from ckptlint.engine.selection import Selection
 from ckptlint.errors import RuleError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.security import distinct_global_facts
 from ckptlint.facts.tensor import TensorFacts
 from ckptlint.facts.transfer import Reference
 from ckptlint.io.unpickler import PickleGlobal
-from ckptlint.results import Finding
 from ckptlint.progress import NoProgress, Progress
+from ckptlint.results import Finding
+from ckptlint.selection import Selection
 
 
 def plain(value: Any) -> Any:
@@ -39,16 +40,18 @@ class Evaluator:
         self.allow_globals = frozenset(allow_globals)  # the project's additions to the pickle allowlist
         self.rules = selection.enabled(rules)
         self._params = {rule.code: selection.params_of(rule) for rule in self.rules}
-        self._by_scope: dict[str, list[Rule]] = defaultdict(list)
+        self._by_subject: dict[str, list[Rule]] = defaultdict(list)
         for rule in self.rules:
-            self._by_scope[rule.scope].append(rule)
+            self._by_subject[rule.subject].append(rule)
 
-    def scoped(self, scope: str) -> list[Rule]:
-        return self._by_scope.get(scope, [])
+    def judging(self, subject: str, reference: str | None = None, only_in: str | None = None) -> list[Rule]:
+        """The enabled rules that judge this subject in this relation to a reference: the rules
+        declare it, so none has to guard against subjects it does not mean."""
+        return [rule for rule in self._by_subject.get(subject, ()) if rule.applies(reference, only_in)]
 
     def evaluate(self, rule: Rule, subject: Any, file: str, key: str | None,
                  context: Mapping[str, Any]) -> Finding | None:
-        env = {**context, rule.subject: subject, "params": self._params[rule.code]}
+        env = {**context, rule.subject_name: subject, "params": self._params[rule.code]}
         try:
             if not rule.condition(**env):
                 return None
@@ -62,18 +65,19 @@ class Evaluator:
                           message, evidence)
         return finding if self.selection.keeps(finding) else None
 
-    def run_scope(self, scope: str, subject: Any, file: str, key: str | None,
-                  context: Mapping[str, Any]) -> list[Finding]:
-        found = (self.evaluate(rule, subject, file, key, context) for rule in self.scoped(scope))
+    def run(self, subject: str, facts: Any, file: str, key: str | None, context: Mapping[str, Any],
+            reference: str | None = None, only_in: str | None = None) -> list[Finding]:
+        """Findings of the rules judging ``facts`` (a ``subject`` met in this relation)."""
+        found = (self.evaluate(rule, facts, file, key, context) for rule in self.judging(subject, reference, only_in))
         return [f for f in found if f is not None]
 
 
 def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: str,
-                         file_facts: Mapping[str, Any]) -> list[Finding]:
+                         file_facts: Mapping[str, Any], reference: str | None = None) -> list[Finding]:
     """The security rules; they also run on files that failed to read past their pickle."""
     findings = []
     for facts in distinct_global_facts(items, evaluator.allow_globals):
-        findings += evaluator.run_scope("pickle-global", facts, file, None, {"file": file_facts})
+        findings += evaluator.run("pickle-global", facts, file, None, {"file": file_facts}, reference)
     return findings
 
 
@@ -84,9 +88,9 @@ def check_checkpoint(evaluator: Evaluator, facts: CheckpointFacts, label: str,
     checkpoint = facts.checkpoint
     file_facts = facts.file_facts("target")
     context = {"file": file_facts}
-    findings = evaluator.run_scope("file", file_facts, label, None, context)
+    findings = evaluator.run("file", file_facts, label, None, context)
     findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, file_facts)
-    needs_values = any(evaluator.scoped(s) for s in ("tensor", "module", "pair", "unmatched-target"))
+    needs_values = any(evaluator.judging(s) for s in ("tensor", "module"))
     if not (needs_values or references):
         return findings
 
@@ -103,14 +107,14 @@ def check_checkpoint(evaluator: Evaluator, facts: CheckpointFacts, label: str,
         for key, tensor in tensors.items():
             for reference in references:
                 findings += _reference_findings(evaluator, reference, key, tensor, label, context)
-            findings += evaluator.run_scope("tensor", tensor, label, key, context)
+            findings += evaluator.run("tensor", tensor, label, key, context)
         if tensors:
-            findings += evaluator.run_scope("module", module, label, module["path"], context)
+            findings += evaluator.run("module", module, label, module["path"], context)
         for tensor in tensors.values():
             tensor.release()  # memory stays bounded by the largest module
     for reference in references:
         for tensor in reference.unused_facts():
-            findings += evaluator.run_scope("unused-pretrained", tensor, label, tensor["key"], context)
+            findings += evaluator.run("tensor", tensor, label, tensor["key"], context, reference.name, "reference")
             tensor.release()
     return findings
 
@@ -119,9 +123,9 @@ def _reference_findings(evaluator: Evaluator, reference: Reference, key: str, te
                         label: str, context: Mapping[str, Any]) -> list[Finding]:
     pair = reference.pair_facts(key, tensor)
     if pair is not None:
-        return evaluator.run_scope("pair", pair, label, key,
-                                   {**context, "target": tensor, "pretrained": pair.pretrained_facts})
+        return evaluator.run("pair", pair, label, key, {**context, "target": tensor, "source": pair.source_facts},
+                             reference.name)
     unmatched = reference.unmatched_facts(key, tensor)
     if unmatched is not None:
-        return evaluator.run_scope("unmatched-target", unmatched, label, key, context)
+        return evaluator.run("tensor", unmatched, label, key, context, reference.name, "target")
     return []

@@ -2,36 +2,39 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
-from typing import Any, Callable
+from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
-from jinja2.runtime import Context
 from jinja2.parser import Parser
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ckptlint._toml import tomllib
 from ckptlint.engine import code_cache
+from ckptlint.engine.vocabulary_check import check_expression
 from ckptlint.errors import RuleError
 from ckptlint.severity import SEVERITIES
+from ckptlint.vocabulary import ONLY_IN, REFERENCES, SUBJECTS, names_in_scope
 
-# Scope -> the name under which a rule sees its subject.
-SCOPES = {
-    "file": "file",
-    "pickle-global": "pickle_global",
-    "tensor": "tensor",
-    "module": "module",
-    "pair": "pair",
-    "unmatched-target": "tensor",
-    "unused-pretrained": "tensor",
-    "transfer": "transfer",  # once per target checked against a pretrained file: its score, expectation
+# The references a rule of each subject may name (None: it runs whatever the reference, or
+# without one). A tensor rule with a reference judges tensors on one side only (``only_in``).
+REFERENCES_OF = {
+    "file": (None, "pretrained"),  # "pretrained": the pretrained file itself
+    "pickle-global": (None, "pretrained"),
+    "tensor": (None, *REFERENCES),
+    "module": (None,),
+    "pair": (None, *REFERENCES),
+    "transfer": (None, "pretrained"),  # once per target checked against a pretrained file
 }
 DOC_SECTIONS = ("what", "why", "example", "fix")
-REQUIRED = ("code", "name", "severity", "scope", "condition", "message", "docs")
-OPTIONAL = ("params", "evidence", "tags", "severity_if", "security_severity")
+REQUIRED = ("code", "name", "severity", "subject", "condition", "message", "docs")
+OPTIONAL = ("reference", "only_in", "params", "evidence", "tags", "severity_if", "security_severity")
 CODE = re.compile(r"^[A-Z]{2,5}\d{3}$")
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -51,13 +54,15 @@ class _Compiled:
     given that code by the cache, unparsed. The template is made from the code on first use."""
 
     def __init__(self, tree: nodes.Template | None, code: CodeType | None) -> None:
-        self._tree = tree
+        self.tree = tree  # None when the code came from the cache (the file was checked when stored)
         self._code = code
         self._template: Template | None = None
 
     def code(self) -> CodeType:
         if self._code is None:
-            self._code = ENVIRONMENT.compile(self._tree)
+            if self.tree is None:  # one of the two is always given
+                raise RuleError("a rule expression has neither source nor cached code")
+            self._code = ENVIRONMENT.compile(self.tree)
         return self._code
 
     def template(self) -> Template:
@@ -83,19 +88,18 @@ class Expression(_Compiled):
             if not parser.stream.eos:
                 raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno)
             tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)], lineno=1)
+            tree.set_environment(ENVIRONMENT)
         super().__init__(tree, code)
-        self._context: Context | None = None
-        self._render: Callable[[Context], Any] | None = None
+        self._bound: tuple[Context, Callable[[Context], Any]] | None = None  # made on first call
 
     def __call__(self, **variables: Any) -> Any:
-        if self._context is None:
+        if self._bound is None:
             template = self.template()
-            self._context = template.new_context({}, shared=True)
-            self._render = template.root_render_func
-        context = self._context
+            self._bound = template.new_context({}, shared=True), template.root_render_func
+        context, render = self._bound
         context.parent = variables
         context.vars.clear()
-        for _ in self._render(context):
+        for _ in render(context):
             pass
         return context.vars["result"]
 
@@ -123,7 +127,9 @@ class Rule:
     code: str
     name: str
     severity: str
-    scope: str
+    subject: str  # file, pickle-global, tensor, module, pair, transfer
+    reference: str | None  # pretrained, model, or None: any (or none)
+    only_in: str | None  # a tensor subject with a reference: "target" or "reference" side only
     docs: dict[str, str]
     params: dict[str, Any]
     tags: tuple[str, ...]
@@ -135,12 +141,24 @@ class Rule:
     severity_if: tuple[SeverityOverride, ...] = field(repr=False, compare=False)
 
     @property
-    def subject(self) -> str:
-        return SCOPES[self.scope]
+    def subject_name(self) -> str:
+        """What the rule's expressions call its subject (``pickle_global`` for ``pickle-global``)."""
+        return SUBJECTS[self.subject]
+
+    def applies(self, reference: str | None, only_in: str | None) -> bool:
+        """Whether the rule judges a subject met in this relation to a reference."""
+        return self.only_in == only_in and self.reference in (None, reference)
+
+    @property
+    def header(self) -> str:
+        """``pair (pretrained)``, ``tensor (model, only in reference)``: what the rule judges."""
+        relation = ", ".join(filter(None, (self.reference, self.only_in and f"only in {self.only_in}")))
+        return f"{self.subject} ({relation})" if relation else self.subject
 
     def describe(self) -> dict[str, Any]:
         """The rule as reports show it (plain data)."""
-        return {"code": self.code, "name": self.name, "severity": self.severity, "scope": self.scope,
+        return {"code": self.code, "name": self.name, "severity": self.severity, "subject": self.subject,
+                "reference": self.reference, "only_in": self.only_in,
                 "docs": dict(self.docs), "tags": list(self.tags), "params": dict(self.params),
                 "security_severity": self.security_severity}
 
@@ -153,6 +171,9 @@ def load_rule_file(path: Path) -> Rule:
         data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RuleError(f"cannot parse rule file ({exc})", where) from None
+    if "scope" in data:
+        raise RuleError("`scope` is now `subject` (file, pickle-global, tensor, module, pair, transfer) with "
+                        "an optional `reference` (pretrained, model) and, for tensors, `only_in`", where)
     unknown = set(data) - set(REQUIRED) - set(OPTIONAL)
     missing = [k for k in REQUIRED if k not in data]
     if unknown or missing:
@@ -161,7 +182,7 @@ def load_rule_file(path: Path) -> Rule:
     _check(isinstance(data["code"], str) and CODE.match(data["code"]), "code must look like CKP101", where)
     _check(isinstance(data["name"], str) and NAME.match(data["name"]), "name must be kebab-case", where)
     _check(data["severity"] in SEVERITIES, f"severity must be one of {', '.join(SEVERITIES)}", where)
-    _check(data["scope"] in SCOPES, f"scope must be one of {', '.join(SCOPES)}", where)
+    subject, reference, only_in = _header(data, where)
     docs = data["docs"]
     _check(isinstance(docs, dict) and all(isinstance(docs.get(s), str) and docs[s].strip() for s in DOC_SECTIONS),
            f"docs must have non-empty {', '.join(DOC_SECTIONS)}", where)
@@ -173,9 +194,12 @@ def load_rule_file(path: Path) -> Rule:
                                                and isinstance(o.get("when"), str) for o in overrides),
            "severity_if entries need a severity and a `when` condition", where)
     cached = code_cache.load(text)
-    compiler = Compiler(where, cached or {})
+    names = {**names_in_scope(subject, reference, only_in), "params": frozenset(params)}
+    compiler = Compiler(where, cached or {}, names)
+    compiler.evidence_names = frozenset(evidence)
     rule = Rule(
-        code=data["code"], name=data["name"], severity=data["severity"], scope=data["scope"],
+        code=data["code"], name=data["name"], severity=data["severity"], subject=subject, reference=reference,
+        only_in=only_in,
         docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params,
         tags=tuple(data.get("tags", ())), security_severity=data.get("security_severity"),
         source=where, condition=compiler.expression(data["condition"], "condition"),
@@ -189,6 +213,28 @@ def load_rule_file(path: Path) -> Rule:
     return rule
 
 
+def _header(data: dict[str, Any], where: str) -> tuple[str, str | None, str | None]:
+    """The subject a rule judges and its relation to a reference, checked together."""
+    subject, reference, only_in = data["subject"], data.get("reference"), data.get("only_in")
+    _check(subject in REFERENCES_OF,
+           f"subject must be one of {', '.join(REFERENCES_OF)}{_hint(subject, REFERENCES_OF)}", where)
+    allowed = REFERENCES_OF[subject]
+    _check(reference in allowed, f"a {subject} rule's reference must be "
+           f"{' or '.join(r for r in allowed if r) or 'absent'}, not {reference!r}"
+           f"{_hint(reference, [r for r in allowed if r])}", where)
+    if subject == "tensor" and reference is not None:
+        _check(only_in in ONLY_IN, f"a tensor rule with a reference needs only_in = {' or '.join(ONLY_IN)} "
+               "(tensors only the target has, or only the reference has)", where)
+    else:
+        _check(only_in is None, "only_in is for tensor rules with a reference", where)
+    return subject, reference, only_in
+
+
+def _hint(word: Any, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check(ok: Any, problem: str, where: str) -> None:
     if not ok:
         raise RuleError(problem, where)
@@ -198,9 +244,14 @@ class Compiler:
     """Makes one file's expressions and templates (a rule's, the diagnoses'), from cached code
     where there is some."""
 
-    def __init__(self, where: str, cached: dict[str, CodeType]) -> None:
+    def __init__(self, where: str, cached: dict[str, CodeType],
+                 names: dict[str, frozenset[str]] | None = None) -> None:
+        """``names``: the names a rule's expressions may use and the facts each offers; every
+        parsed expression and message is checked against them (None: not checked)."""
         self.where = where
         self.cached = cached
+        self.names = names
+        self.evidence_names: frozenset[str] = frozenset()  # what a message may read from ``evidence``
         self.made: dict[str, tuple[_Compiled, str]] = {}
 
     def expression(self, source: Any, what: str) -> Expression:
@@ -216,10 +267,19 @@ class Compiler:
     def _make(self, kind: type, key: str, source: str, what: str) -> Any:
         try:
             made = kind(source, self.cached.get(key))
-        except TemplateSyntaxError as exc:
+            problem = self._vocabulary_problem(made, kind)
+        except TemplateSyntaxError as exc:  # finding the names generates code: an unknown filter shows
             raise RuleError(f"{what} does not compile: {exc.message}", self.where) from None
+        if problem:
+            raise RuleError(f"{what}: {problem}", self.where)
         self.made[key] = made, what
         return made
+
+    def _vocabulary_problem(self, made: _Compiled, kind: type) -> str | None:
+        if self.names is None or made.tree is None:
+            return None
+        names = {**self.names, "evidence": self.evidence_names} if kind is MessageTemplate else self.names
+        return check_expression(made.tree, names)
 
     def codes(self) -> dict[str, CodeType]:
         """Every expression's and the message's code, to cache; compiling them all now also

@@ -1,0 +1,124 @@
+"""What rules may say: the facts each subject offers, and the values some of them take.
+
+One table, read twice: the rule loader checks every condition, message and evidence expression
+against it (a misspelt fact or value is an error naming the rule file, with a did-you-mean,
+instead of a condition that is silently never true), and a test checks that the facts the
+engine really builds are exactly the ones listed here. No imports beyond the standard library:
+reporters and the command line read it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+# --- values ---------------------------------------------------------------------------------
+
+MODULE_KINDS = ("container", "conv", "linear", "batchnorm", "frozen_batchnorm", "layernorm", "groupnorm",
+                "embedding", "multihead_attention", "unknown")
+# A pair's verdict, from the worst to the best (a module shows the worst among its tensors).
+VERDICTS = ("unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
+CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
+# What the score says of a tensor the target should carry but has no pair for.
+UNPAIRED_VERDICTS = ("missing", "unmatched")
+SETTLED_EXPECTATIONS = ("copied", "finetuned")  # what "auto" settles to
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "other")
+SHAPE_CAUSES = ("rank", "adapt_input_conv", "input_channels", "kernel_resized", "sliced", "smaller", "other")
+TRANSFER_ROLES = ("paired", "unmatched", "outside-scope")
+FILE_ROLES = ("target", "pretrained")
+DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64", "int32",
+               "int16", "int8", "uint8", "bool", "complex64", "complex128")
+
+# --- the rule header ------------------------------------------------------------------------
+
+# Subject -> the name a rule's expressions call it by.
+SUBJECTS = MappingProxyType({
+    "file": "file",
+    "pickle-global": "pickle_global",
+    "tensor": "tensor",
+    "module": "module",
+    "pair": "pair",
+    "transfer": "transfer",
+})
+REFERENCES = ("pretrained", "model")
+ONLY_IN = ("target", "reference")  # a tensor subject with a reference: on one side only
+
+# --- facts ----------------------------------------------------------------------------------
+
+FILE = frozenset({
+    "path", "role", "format", "layout", "bytes", "tensor_count", "parameter_count", "pickle_global_count",
+    "stripped_prefix", "training_state", "weights_sampled", "weights_init_like", "init_like_share", "init_names",
+    "bn_modules", "bn_at_defaults", "bn_default_share"})
+PICKLE_GLOBAL = frozenset({
+    "module", "name", "qualname", "where", "allowed", "invoked", "how", "via", "dangerous", "danger", "unsafe",
+    "why", "count"})
+TENSOR = frozenset({
+    "key", "leaf", "module", "module_kind", "shape", "ndim", "numel", "nbytes", "dtype", "dtype_kind", "is_float",
+    "is_parameter", "fan_in", "fan_out", "transfer_role", "paired", "count", "nan_count", "posinf_count",
+    "neginf_count", "nonfinite_count", "is_constant", "min", "max", "abs_max", "mean", "std", "kurtosis",
+    "zero_fraction", "init_fits", "init_best"})
+MODULE = frozenset({
+    "path", "kind", "leaves", "has_weight", "has_bias", "has_running_mean", "has_running_var", "has_running_stats",
+    "has_num_batches_tracked", "channels", "pretrained_module", "pretrained_has_running_stats", "stats_at_defaults"})
+# Every pair, whatever its reference: a target tensor and the reference's tensor it meets.
+PAIR = frozenset({
+    "reference", "target", "source", "leaf", "target_shape", "source_shape", "target_dtype", "source_dtype",
+    "shape_equal", "shape_cause", "shape_cause_kind", "module_kind"})
+TRANSFER_PAIR = PAIR | {
+    "how", "canonical", "stage", "is_counter", "numel", "narrower", "expect", "frozen", "frozen_by", "max_drift",
+    "bit_equal", "equal_after_cast", "cast_through", "max_abs_error", "rel_error", "cosine", "correlation",
+    "std_ratio", "verdict", "init", "within_drift", "slice_equal"}
+TRANSFER = frozenset({
+    "pretrained", "expect", "expect_reason", "frozen", "frozen_reason", "scope", "outside_scope", "score",
+    "parameters", "score_by_tensors", "tensors"})
+
+# Facts a target tensor without a counterpart in a pretrained file adds (the alignment's view),
+# and those a pretrained tensor nothing took adds.
+UNMATCHED_TARGET_EXTRA = MappingProxyType({"pretrained": frozenset({"transfer_scope", "ambiguous_with"}),
+                                          "model": frozenset()})
+UNUSED_REFERENCE_EXTRA = MappingProxyType({"pretrained": frozenset({"counterpart_module", "is_head"}),
+                                          "model": frozenset()})
+
+# (name an expression uses, fact) -> the values the fact takes: a literal compared with it must be one.
+_KIND_FACTS = {(name, "module_kind"): MODULE_KINDS for name in ("tensor", "pair", "target", "source")}
+_DTYPE_FACTS = {(name, fact): DTYPE_NAMES for name, fact in (
+    ("tensor", "dtype"), ("target", "dtype"), ("source", "dtype"), ("pair", "target_dtype"),
+    ("pair", "source_dtype"), ("pair", "cast_through"))}
+VALUES: Mapping[tuple[str, str], tuple[str, ...]] = MappingProxyType({
+    **_KIND_FACTS,
+    **_DTYPE_FACTS,
+    ("module", "kind"): MODULE_KINDS,
+    ("pair", "verdict"): VERDICTS,
+    ("pair", "expect"): SETTLED_EXPECTATIONS,
+    ("pair", "stage"): STAGES,
+    ("pair", "shape_cause_kind"): SHAPE_CAUSES,
+    ("pair", "reference"): REFERENCES,
+    ("transfer", "expect"): SETTLED_EXPECTATIONS,
+    ("tensor", "transfer_role"): TRANSFER_ROLES,
+    ("target", "transfer_role"): TRANSFER_ROLES,
+    ("file", "role"): FILE_ROLES,
+})
+
+
+def names_in_scope(subject: str, reference: str | None, only_in: str | None) -> dict[str, frozenset[str]]:
+    """Each name a rule's expressions may use (besides ``params`` and, in messages, ``evidence``)
+    and the facts it offers, for a rule with this header."""
+    # the file a subject lies in (a transfer's is the target, already named by its facts)
+    names: dict[str, frozenset[str]] = {} if subject == "transfer" else {"file": FILE}
+    if subject == "pickle-global":
+        names["pickle_global"] = PICKLE_GLOBAL
+    elif subject == "tensor":
+        extra: frozenset[str] = frozenset()
+        if reference and only_in == "target":
+            extra = UNMATCHED_TARGET_EXTRA[reference]
+        elif reference and only_in == "reference":
+            extra = UNUSED_REFERENCE_EXTRA[reference]
+        names["tensor"] = TENSOR | extra
+    elif subject == "module":
+        names["module"] = MODULE
+    elif subject == "pair":
+        names["pair"] = TRANSFER_PAIR if reference == "pretrained" else PAIR
+        names["target"] = names["source"] = TENSOR
+    elif subject == "transfer":
+        names["transfer"] = TRANSFER
+    return names

@@ -6,6 +6,7 @@ import gc
 import os
 import sys
 import textwrap
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -13,10 +14,10 @@ import click
 import ckptlint
 from ckptlint.errors import CkptlintError
 from ckptlint.graph.export import FORMATS as GRAPH_FORMATS
-from ckptlint.severity import SEVERITIES
 from ckptlint.output import write_atomically
 from ckptlint.presets import EXPECTATIONS, presets
 from ckptlint.report import FORMATS, renderer
+from ckptlint.severity import FAIL_ON
 
 # The commands import the library inside their bodies: `ckptlint --version` and `ckptlint rules`
 # must stay quick, and numpy/networkx are only needed to read checkpoints.
@@ -34,14 +35,20 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _maps(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """``--map backbone.0.body.=`` -> (("backbone.0.body.", ""),)."""
+    """``--map backbone.0.body.=`` -> (("backbone.0.body.", ""),); ckptlint.options checks them."""
     pairs = []
     for value in values:
         old, sep, new = value.partition("=")
-        if not sep or not old:
+        if not sep:
             raise click.BadParameter(f"{value!r} is not OLD=NEW", param_hint="--map")
         pairs.append((old, new))
     return tuple(pairs)
+
+
+def _choices(values: Sequence[str]) -> str:
+    """The choices for --help; the value itself is checked by ckptlint.options, as in a
+    configuration file and lint(), so that all three give the same message."""
+    return f"[{'|'.join(values)}]"
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -65,7 +72,7 @@ def cli() -> None:
               help="Configuration file to use (default: the nearest pyproject.toml [tool.ckptlint] or ckptlint.toml).")
 @click.option("--select", multiple=True, metavar="NAMES", help="Only these rules (names or codes, comma-separated).")
 @click.option("--ignore", multiple=True, metavar="NAMES", help="Skip these rules (names or codes, comma-separated).")
-@click.option("--fail-on", type=click.Choice([*SEVERITIES, "never"]),
+@click.option("--fail-on", metavar=_choices(FAIL_ON),
               help="Exit 1 when a finding at or above this severity exists (default: error).")
 @click.option("--key", metavar="PATH",
               help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
@@ -77,15 +84,15 @@ def cli() -> None:
               "(default: inferred, e.g. backbone.0.body).")
 @click.option("--map", "maps", multiple=True, metavar="OLD=NEW",
               help="Target key prefix OLD is pretrained prefix NEW; wins over inferred matches.")
-@click.option("--expect", type=click.Choice(EXPECTATIONS),
+@click.option("--expect", metavar=_choices(EXPECTATIONS),
               help="auto (default): decided from the file (training state) and the pairs (drift); copied: values "
                    "must equal the pretrained ones; finetuned: trainable ones may drift, frozen ones may not.")
-@click.option("--preset", type=click.Choice(sorted(presets())), help="Scope and frozen tensors of a known model.")
-@click.option("--max-drift", type=click.FloatRange(0, None),
+@click.option("--preset", metavar=_choices(sorted(presets())), help="Scope and frozen tensors of a known model.")
+@click.option("--max-drift", type=float, metavar="X",
               help="Under fine-tuning (inferred or --expect finetuned): largest relative change of a trainable "
-                   "tensor (default 0.25).")
-@click.option("--min-score", type=click.FloatRange(0, 100), metavar="PERCENT",
-              help="Fail (low-transfer-score) when a target's transfer score is below this percentage.")
+                   "tensor (at least 0; default 0.25).")
+@click.option("--min-score", type=float, metavar="PERCENT",
+              help="Fail (low-transfer-score) when a target's transfer score is below this percentage (0 to 100).")
 @click.option("--model", metavar="MODULE:FACTORY",
               help="Build the model with your own package.module:factory and report what load_state_dict "
                    "would say (missing, unexpected keys, shape mismatches).")
@@ -98,12 +105,12 @@ def cli() -> None:
 def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, no_hash: bool,
           write_baseline: str | None, verbose: bool, **given: Any) -> int:
     """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
-    from ckptlint.runner import run_jobs
     from ckptlint.baseline import render_baseline
     from ckptlint.config import load_config, resolve_jobs
     from ckptlint.progress import Progress
     from ckptlint.report.github import render_step_summary
     from ckptlint.report.text import tally_line
+    from ckptlint.runner import run_jobs
 
     if verbose and fmt != "text":
         raise click.UsageError(f"--verbose changes only the text report, not --format {fmt}")
@@ -113,8 +120,9 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
             settings[name] = _names(settings[name])
     if "maps" in settings:
         settings["maps"] = _maps(settings["maps"])
-    # Only the JSON report shows the files' SHA-256, and hashing reads every byte.
-    jobs = resolve_jobs(paths, settings, load_config(config_path), hash_files=fmt == "json" and not no_hash)
+    # Only the JSON report shows the files' SHA-256 (hashing reads every byte), only HTML draws histograms.
+    jobs = resolve_jobs(paths, settings, load_config(config_path), hash_files=fmt == "json" and not no_hash,
+                        histograms=fmt == "html")
     report = run_jobs(jobs, progress=Progress(sys.stderr))
     _emit(renderer(fmt, verbose)(report), output)
     if write_baseline:
@@ -132,13 +140,20 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
 
 
 @cli.command("rules")
-def list_rules() -> int:
-    """List every rule with its code, default severity and scope."""
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True,
+              help="markdown: the table README.md shows (`python -m ckptlint.engine.rule_table` writes it there).")
+def list_rules(fmt: str) -> int:
+    """List every rule with its code, default severity and what it judges."""
     from ckptlint.engine.registry import load_all_rules
+    from ckptlint.engine.rule_table import markdown_table
 
-    for rule in load_all_rules():
+    rules = load_all_rules()
+    if fmt == "markdown":
+        click.echo(markdown_table(rules), nl=False)
+        return 0
+    for rule in rules:
         summary = textwrap.shorten(rule.docs["what"], 90)
-        click.echo(f"{rule.code}  {rule.name:<24} {rule.severity:<8} {rule.scope:<18} {summary}")
+        click.echo(f"{rule.code}  {rule.name:<24} {rule.severity:<8} {rule.header:<28} {summary}")
     return 0
 
 
@@ -147,13 +162,13 @@ def list_rules() -> int:
 def explain(name: str) -> int:
     """Print one rule's documentation (by name or code)."""
     from ckptlint.engine.registry import load_all_rules
-    from ckptlint.engine.selection import Selection
+    from ckptlint.selection import Selection
 
     rules = {ident: rule for rule in load_all_rules() for ident in (rule.name, rule.code)}
     if name not in rules:
         Selection(select=(name,)).enabled(rules.values())  # raises with a did-you-mean hint
     rule = rules[name]
-    click.echo(f"{rule.code} {rule.name} (default severity: {rule.severity}; scope: {rule.scope})\n")
+    click.echo(f"{rule.code} {rule.name} (default severity: {rule.severity}; judges: {rule.header})\n")
     for title, section in (("What it finds", "what"), ("Why it matters", "why"), ("Example", "example"),
                            ("How to fix", "fix")):
         click.echo(f"## {title}\n{textwrap.fill(' '.join(rule.docs[section].split()), 88)}\n")

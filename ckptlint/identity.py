@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from ckptlint.results import Diagnosis, Finding
+if TYPE_CHECKING:  # annotations only: results.py does not depend on this module
+    from ckptlint.results import Diagnosis, Finding
+
 
 
 def find_source_root(start: str | os.PathLike[str] = ".") -> str:

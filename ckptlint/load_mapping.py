@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 import importlib
 import sys
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Collection, Iterable
+from typing import Any
 
 
 @dataclass

@@ -13,6 +13,9 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def percent(score: float) -> str:
-    """A score as a percentage rounded down: 99.95% reads 99.9%, never 100.0%."""
+def percent(score: float | None) -> str:
+    """A score as a percentage rounded down: 99.95% reads 99.9%, never 100.0%; "-" for nothing
+    to score."""
+    if score is None:
+        return "-"
     return f"{math.floor(round(score * 1000, 6)) / 10:.1f}%"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 DELAY = 0.5  # seconds of work before the bar appears
 REFRESH = 0.1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ckptlint.severity import severity_rank
@@ -64,6 +64,67 @@ class PairRecord:
 
 
 @dataclass(frozen=True)
+class Score:
+    """A share of the parameters (and of the tensors) that should come from the pretrained
+    file and did; scores are floored, None when there was nothing to score."""
+
+    score: float | None
+    parameters: int
+    score_by_tensors: float | None
+    tensors: int
+
+    def only_score(self) -> dict[str, Any]:
+        """The four numbers alone (of a summary or a target's transfer)."""
+        return {f.name: getattr(self, f.name) for f in fields(Score)}
+
+
+@dataclass(frozen=True)
+class StageScore(Score):
+    verdicts: dict[str, int]  # verdict (or missing/unmatched) -> tensors
+
+
+@dataclass(frozen=True)
+class ScoreSummary(Score):
+    """The score overall, per ResNet stage (rows sum to the total) and per target module."""
+
+    by_stage: dict[str, StageScore]
+    by_module: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class OutsideScope:
+    """The target's modules outside the transfer scope: expected to be new (a detector's
+    transformer and heads), not judged as fresh initialisation."""
+
+    modules: tuple[str, ...]
+    tensors: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class TargetTransfer(Score):
+    """How one target was judged against its pretrained file, and its own score."""
+
+    pretrained: str
+    expect: str  # copied or finetuned, as settled
+    expect_reason: str
+    frozen: int  # tensors judged frozen under fine-tuning
+    frozen_reason: str | None
+    scope: str | None
+    outside_scope: OutsideScope
+    unmatched: tuple[str, ...]  # in-scope target tensors without a pretrained source
+
+
+@dataclass(frozen=True)
+class RunTransfer(ScoreSummary):
+    """The run's transfer: the score over every target, how they were judged, each target's own."""
+
+    expect: str  # copied, finetuned, or mixed
+    expect_reason: str
+    by_file: dict[str, TargetTransfer]
+
+
+@dataclass(frozen=True)
 class Diagnosis:
     """Findings that share one cause, said once: what went wrong, where, and how to fix it."""
 
@@ -96,7 +157,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     errors: list[ReadError] = field(default_factory=list)
     pairs: list[PairRecord] = field(default_factory=list)
-    transfer: dict[str, Any] | None = None  # score, expectation, by_stage, by_file; None when nothing was scored
+    transfer: RunTransfer | None = None  # None when nothing was scored
     suppressed: list[Finding] = field(default_factory=list)  # accepted in a baseline
     diagnoses: list[Diagnosis] = field(default_factory=list)  # active findings grouped by cause
     rules: list[dict[str, Any]] = field(default_factory=list)  # the enabled rules, described

@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from functools import cache
-from pathlib import Path
-from typing import Any, Iterator, Sequence
 
+from ckptlint.align.transfer import align_transfer
 from ckptlint.diagnose import diagnose
+from ckptlint.engine.evaluate import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.engine.rules import Rule
-from ckptlint.engine.evaluate import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.errors import CheckpointError, ConfigError
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.model_reference import ModelContext
 from ckptlint.facts.score import ScoreEntry, score_summary
-from ckptlint.facts.transfer import TransferContext
-from ckptlint.options import Options
+from ckptlint.facts.transfer import TransferAnalysis, transfer_facts
 from ckptlint.identity import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.folder import pickle_files
 from ckptlint.io.open import open_checkpoint, scanned_globals
 from ckptlint.io.unpickler import PickleGlobal
-from ckptlint.user_model import load_model
-from ckptlint.results import Finding, FileSummary, PairRecord, ReadError, Report
+from ckptlint.options import Options
 from ckptlint.progress import NoProgress, Progress
-
+from ckptlint.results import FileSummary, Finding, PairRecord, ReadError, Report, RunTransfer, TargetTransfer
+from ckptlint.user_model import load_model
 
 MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
 DEBUG_ENV = "CKPTLINT_DEBUG"  # set: an unexpected exception while checking a file is raised, not recorded
-SCORES = ("score", "parameters", "score_by_tensors", "tensors")
 
 
 @cache
-def _rules(folders: tuple[Path, ...]) -> list[Rule]:
-    return load_all_rules(folders)
+def _rules() -> list[Rule]:
+    """Every rule (shipped and from installed packs), loaded once per process."""
+    return load_all_rules()
 
 
 def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str, progress: Progress) -> FileSummary:
@@ -58,10 +57,10 @@ class _Job:
         self.options = options
         self.report = report
         self.progress = progress
-        self.evaluator = Evaluator(_rules(options.rule_folders), options.selection, options.allow_globals)
+        self.evaluator = Evaluator(_rules(), options.selection, options.allow_globals)
         self.findings: list[Finding] = []
         self.score_entries: list[ScoreEntry] = []
-        self.by_file: dict[str, dict[str, Any]] = {}  # each target's transfer: expectation, score, scope
+        self.by_file: dict[str, TargetTransfer] = {}  # how each target's transfer was judged
 
     @contextmanager
     def _guard(self, path: str, pickle_globals: Sequence[PickleGlobal] = ()) -> Iterator[None]:
@@ -77,7 +76,7 @@ class _Job:
             self.report.errors.append(ReadError(exc.path or path, exc.message))
             self.findings += check_pickle_globals(self.evaluator, [*pickle_globals, *exc.pickle_globals], path,
                                                   {"path": path})
-        except Exception as exc:  # noqa: BLE001 - see the docstring
+        except Exception as exc:
             if os.environ.get(DEBUG_ENV):
                 raise
             detail = str(exc).splitlines()[0][:200] if str(exc) else ""
@@ -133,8 +132,9 @@ class _Job:
             self.report.files.append(_summary(pretrained.path, pretrained, self.options, "pretrained", self.progress))
             file_facts = facts.file_facts("pretrained")
             self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals, pretrained.path,
-                                                  file_facts)
-            self.findings += self.evaluator.run_scope("file", file_facts, pretrained.path, None, {"file": file_facts})
+                                                  file_facts, "pretrained")
+            self.findings += self.evaluator.run("file", file_facts, pretrained.path, None, {"file": file_facts},
+                                               "pretrained")
             return facts
         return None
 
@@ -146,7 +146,7 @@ class _Job:
         with self._guard(path, checkpoint.pickle_globals):
             self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
             facts = CheckpointFacts(checkpoint)
-            transfer = TransferContext(facts, pretrained, self.options.transfer) if pretrained else None
+            transfer = self._analyse_transfer(facts, pretrained) if pretrained else None
             model_context = ModelContext(checkpoint, model) if model else None
             if model_context is not None and model_context.mapping is not None:
                 self.report.files[-1] = replace(self.report.files[-1], key_mapping=model_context.mapping.summary())
@@ -156,18 +156,24 @@ class _Job:
         if judged is not None:
             self._record_transfer(path, judged)
 
-    def _record_transfer(self, path: str, transfer: TransferContext) -> None:
-        self.report.pairs += [PairRecord(path, p["target"], p["pretrained"], p["how"], p["verdict"],
-                                         p.summary(), p["numel"], p["module_kind"]) for p in transfer.pairs.values()]
-        for pair in transfer.pairs.values():
-            if pair["histogram"] and len(self.report.histograms) < MAX_HISTOGRAMS:
-                self.report.histograms[(path, pair["target"])] = pair["histogram"]
-        entries = transfer.score_entries()
+    def _analyse_transfer(self, facts: CheckpointFacts, pretrained: CheckpointFacts) -> TransferAnalysis:
+        """Align the target with the pretrained file, then judge every pair before any rule runs."""
+        aligned = align_transfer(facts.checkpoint, pretrained.checkpoint, self.options.transfer)
+        return TransferAnalysis(facts, pretrained, aligned, self.options.transfer, self.options.histograms)
+
+    def _record_transfer(self, path: str, analysis: TransferAnalysis) -> None:
+        """The pairs, the score and how the target was judged go into the report; the transfer
+        rules judge the result."""
+        self.report.pairs += [PairRecord(path, p["target"], p["source"], p["how"], p["verdict"],
+                                         p.summary(), p["numel"], p["module_kind"]) for p in analysis.pairs.values()]
+        for pair in analysis.pairs.values():
+            if pair.histogram and len(self.report.histograms) < MAX_HISTOGRAMS:
+                self.report.histograms[(path, pair["target"])] = pair.histogram
+        entries = analysis.score_entries()
         self.score_entries += entries
-        summary = score_summary(entries) or {}
-        described = {**transfer.describe(), **{k: summary.get(k) for k in SCORES}}
-        self.by_file[path] = described
-        self.findings += self.evaluator.run_scope("transfer", described, path, None, {"transfer": described})
+        target = analysis.result(score_summary(entries))
+        self.by_file[path] = target
+        self.findings += self.evaluator.run("transfer", transfer_facts(target), path, None, {}, "pretrained")
 
 
 def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_root: str | None = None,
@@ -177,7 +183,7 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_
     report = Report(fail_on=jobs[0][1].fail_on if jobs else "error",
                     source_root=source_root or find_source_root())
     entries: list[ScoreEntry] = []
-    by_file: dict[str, dict[str, Any]] = {}
+    by_file: dict[str, TargetTransfer] = {}
     for paths, options in jobs:
         job = _Job(options, report, progress)
         job.run(paths)
@@ -195,20 +201,20 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_
     return report
 
 
-def _transfer(entries: Sequence[ScoreEntry], by_file: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def _transfer(entries: Sequence[ScoreEntry], by_file: dict[str, TargetTransfer]) -> RunTransfer | None:
     """The run's transfer block: the score over every target (None when there is nothing to
     score: never "100% of 0 parameters"), how each target was judged, and each one's own score."""
     summary = score_summary(entries)
-    if summary is None or not summary["parameters"]:
+    if summary is None or not summary.parameters:
         return None
-    expectations = {described["expect"] for described in by_file.values()}
+    expectations = {target.expect for target in by_file.values()}
     single = next(iter(by_file.values())) if len(by_file) == 1 else None
-    return {
-        **summary,
-        "expect": expectations.pop() if len(expectations) == 1 else "mixed",
-        "expect_reason": single["expect_reason"] if single else "per file: see by_file",
-        "by_file": dict(sorted(by_file.items())),
-    }
+    return RunTransfer(
+        **vars(summary),
+        expect=expectations.pop() if len(expectations) == 1 else "mixed",
+        expect_reason=single.expect_reason if single else "per file: see by_file",
+        by_file=dict(sorted(by_file.items())),
+    )
 
 
 def check_paths(paths: Sequence[str], options: Options = Options(), source_root: str | None = None) -> Report:

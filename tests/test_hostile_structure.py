@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 import crafted
-from crafted import evil_pickle, tensor_pickle, text, torch_entries, zip_bytes
-
 from ckptlint.io.layout import strip_prefixes
 from ckptlint.results import Finding, ReadError, Report
+from crafted import evil_pickle, tensor_pickle, text, torch_entries, zip_bytes
 
 
 def _safetensors(path: Path, header: dict | bytes, data: bytes = b"\0" * 4) -> Path:
@@ -189,7 +188,7 @@ def test_an_unexpected_exception_is_that_file_s_error(tmp_path: Path, monkeypatc
     broken = _safetensors(tmp_path / "broken.safetensors", _one("w"), struct.pack("<f", 0.5))
     real = runner.open_checkpoint
 
-    def open_checkpoint(path: str, key: str | None = None):  # noqa: ANN202
+    def open_checkpoint(path: str, key: str | None = None):
         if path == str(broken):
             raise RuntimeError("boom\nsecond line")
         return real(path, key)

@@ -59,7 +59,7 @@ def test_sarif_rules_carry_docs_and_security_metadata(run) -> None:
     assert unsafe["defaultConfiguration"]["level"] == "error"
     assert "## Why it matters" in unsafe["help"]["markdown"] and unsafe["help"]["text"]
     assert rules["precision-loss"]["defaultConfiguration"]["level"] == "note"
-    assert len(rules) == len(list((REPO / "rules").glob("*.toml")))
+    assert len(rules) == len(list((REPO / "rules").glob("*/rule.toml")))
 
 
 def test_sarif_fingerprints_are_stable_and_notifications_name_unreadable_files(run, tmp_path: Path) -> None:

@@ -10,11 +10,10 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ckptlint.options import Options
-from ckptlint.runner import check_paths
-from ckptlint.options import TransferOptions
 from ckptlint.align.alignment import align
 from ckptlint.io import open_checkpoint
+from ckptlint.options import Options, TransferOptions
+from ckptlint.runner import check_paths
 from conftest import CASES, FIXTURES, fixture_generator, run_subprocess
 
 PRETRAINED = str(FIXTURES / "models" / "resnet50_tiny.pth")
@@ -36,7 +35,7 @@ def test_hf_named_pretrained_against_torchvision_named_target(tmp_path: Path) ->
     result = _check(DETR, str(tmp_path / "hf_resnet.safetensors"))
     report = result["report"]
     assert Counter(p.how for p in report.pairs) == Counter({"scheme:hf-resnet": 265})
-    assert report.transfer["score"] == 1.0
+    assert report.transfer.score == 1.0
     assert result["findings"] == Counter({("unused-pretrained-key", "info"): 2})
 
 
@@ -120,7 +119,7 @@ def test_report_fields_and_text_table(run) -> None:
     assert math.isclose(report["transfer"]["score"], 1.0)
     assert set(report["transfer"]["by_file"][DETR]) == {
         "pretrained", "expect", "expect_reason", "frozen", "frozen_reason", "scope", "outside_scope", "score",
-        "parameters", "score_by_tensors", "tensors"}
+        "parameters", "score_by_tensors", "tensors", "unmatched"}
     text = run("check", DETR, "--pretrained", PRETRAINED, "--no-hash").out
     assert "Transfer: 100.0% of" in text and "layer4    100.0%" in text
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from ckptlint.align.schemes import canonical_name, schemes
 from ckptlint.io.checkpoint import TensorRef

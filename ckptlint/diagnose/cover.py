@@ -9,7 +9,7 @@ pretrained model does not have, is covered by whatever the group holds there. Wi
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def parent(key: str) -> str:
@@ -41,7 +41,7 @@ def cover(nodes: Iterable[tuple[str, bool]], tensors: Iterable[str], tree: KeyTr
     tops: dict[str, str] = {}  # a wholly held module -> the highest wholly held module above it
 
     def whole(module: str) -> bool:
-        above_bound = bool(bound) and bound.startswith(module + ".")
+        above_bound = bound is not None and bound.startswith(module + ".")
         return bool(module) and not above_bound and bool(tree.keys) and tree.under[module] == held[module]
 
     def top(module: str) -> str:

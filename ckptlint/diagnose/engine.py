@@ -4,7 +4,8 @@ condition holds becomes one diagnosis. Each finding joins at most one."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from jinja2.exceptions import SecurityError, TemplateError
 
@@ -16,15 +17,18 @@ from ckptlint.errors import RuleError
 from ckptlint.results import Diagnosis, Finding, PairRecord, Report
 from ckptlint.severity import severity_rank
 
+# How a finding of a rule the report does not describe is read: about the target tensor it names.
+TENSOR_RULE = {"subject": "tensor", "only_in": None}
+
 
 class _Files:
     """The report's files as the diagnoses see them: one index per file, built on first use."""
 
     def __init__(self, report: Report) -> None:
-        self.transfers = report.transfer["by_file"] if report.transfer else {}
+        self.transfers = report.transfer.by_file if report.transfer else {}
         self.pretrained = {f.path for f in report.files if f.role == "pretrained"}
         self.stripped = {f.path: f.stripped_prefix for f in report.files}
-        self.scopes = {rule["name"]: rule["scope"] for rule in report.rules}
+        self.rules = {rule["name"]: rule for rule in report.rules}
         self.pairs: dict[str, list[PairRecord]] = defaultdict(list)
         for pair in report.pairs:
             self.pairs[pair.file].append(pair)
@@ -34,21 +38,22 @@ class _Files:
     def index(self, file: str) -> FileIndex:
         if file not in self._indexes:
             transfer = self.transfers.get(file)
-            stripped = self.stripped.get(transfer["pretrained"], "") if transfer else ""
+            stripped = self.stripped.get(transfer.pretrained, "") if transfer else ""
             self._indexes[file] = FileIndex(file, self.pairs.get(file, []), transfer, stripped)
         return self._indexes[file]
 
     def member(self, finding: Finding) -> Member:
         if finding not in self._members:
             index = self.index(finding.file)
-            self._members[finding] = Member(finding, index.subject(finding, self.scopes.get(finding.name, "tensor")),
+            self._members[finding] = Member(finding, index.subject(finding, self.rules.get(finding.name, TENSOR_RULE)),
                                             index)
         return self._members[finding]
 
     def home(self, group: str, finding: Finding) -> str:
         """The file a diagnosis of this group lies in."""
-        if group == "pretrained" and finding.file not in self.pretrained:
-            return self.transfers.get(finding.file, {}).get("pretrained", finding.file)
+        transfer = self.transfers.get(finding.file)
+        if group == "pretrained" and finding.file not in self.pretrained and transfer is not None:
+            return transfer.pretrained
         return finding.file
 
 

@@ -4,15 +4,16 @@ templates see (listed in ``ckptlint/data/diagnoses.toml``)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ckptlint.diagnose.cover import cover
 from ckptlint.diagnose.index import FileIndex, Subject
 from ckptlint.diagnose.prefix import renamed_prefix
+from ckptlint.numbers import human_count
 from ckptlint.results import Finding, PairRecord
-from ckptlint.report.numbers import human_count
 
 # How an init is said per kind of module: "xavier_uniform convolutions", "BatchNorm at defaults".
 KIND_LABELS = {"conv": "convolutions", "linear": "linear layers", "embedding": "embeddings",
@@ -62,7 +63,7 @@ def init_phrases(pairs: Iterable[PairRecord]) -> list[str]:
 def _common(modules: Sequence[str]) -> str:
     parts = [m.split(".") for m in modules]
     shared = []
-    for column in zip(*parts):
+    for column in zip(*parts):  # noqa: B905 - stops at the shortest path by design
         if len(set(column)) != 1:
             break
         shared.append(column[0])
@@ -114,7 +115,7 @@ class Group:
         covered = []
         for group in by_index.values():
             index = group[0].index
-            nodes = [(m.subject.node, m.subject.is_module) for m in group]
+            nodes = [(m.subject.node, m.subject.is_module) for m in group if m.subject.node is not None]
             tensors = [key for m in group for key in m.subject.tensors]
             covered += [(module, index) for module in cover(nodes, tensors, index.tree, index.scope)]
         return covered
@@ -140,7 +141,8 @@ class Group:
     def rename(self) -> dict[str, str] | None:
         """A renamed module explaining missing and unexpected keys (checked against model code)."""
         def keys(rule: str) -> list[tuple[str, int]]:
-            return [(key, size) for m in self.members if m.finding.name == rule for key, size in m.subject.tensors.items()]
+            return [(key, size) for m in self.members if m.finding.name == rule
+                    for key, size in m.subject.tensors.items()]
 
         missing, unexpected = keys("missing-key"), keys("unexpected-key")
         return renamed_prefix(missing, unexpected) if missing and unexpected else None
@@ -153,7 +155,7 @@ class Group:
             "findings": self.findings,
             "rules": dict(Counter(f.name for f in self.findings)),
             "file": self.file,
-            "pretrained_file": home.transfer["pretrained"] if home.transfer else self.file,
+            "pretrained_file": home.transfer.pretrained if home.transfer else self.file,
             "transfer": home.transfer,
             "scope": home.scope_summary,
             "modules": self.modules,

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 from ckptlint.diagnose.cover import KeyTree, parent
 from ckptlint.diagnose.prefix import missed_prefix
 from ckptlint.facts.pair import CARRIED, COUNTER_LEAF
-from ckptlint.results import Finding, PairRecord
+from ckptlint.results import Finding, PairRecord, TargetTransfer
 
 # Module-scope rules judge BatchNorm statistics: their findings are about these tensors.
 MODULE_TENSORS = ("running_mean", "running_var")
-# Rule scopes whose keys name the reference's tensors (pretrained or model), not the target's.
-REFERENCE_SCOPES = ("unused-pretrained",)
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,11 @@ class FileIndex:
     """One checked file: its pairs by key and by module, its transfer block, and the key tree
     (both sides' paired keys) that covers are computed in."""
 
-    def __init__(self, file: str, pairs: Sequence[PairRecord], transfer: dict[str, Any] | None,
+    def __init__(self, file: str, pairs: Sequence[PairRecord], transfer: TargetTransfer | None,
                  stripped_prefix: str) -> None:
         self.file = file
         self.transfer = transfer
-        self.scope = transfer["scope"] if transfer else None
+        self.scope = transfer.scope if transfer else None
         self.pretrained_stripped = stripped_prefix  # what the reader removed from the pretrained file's keys
         self.pairs = {p.target: p for p in pairs}
         self.by_module: dict[str, list[PairRecord]] = defaultdict(list)  # step counters say nothing of a module
@@ -93,19 +92,20 @@ class FileIndex:
         hows = Counter(p.how for p in self.scoped_pairs)
         return hows.most_common(1)[0][0] if hows else None
 
-    def subject(self, finding: Finding, scope: str) -> Subject:
-        """What ``finding`` (of a rule of ``scope``) is about."""
+    def subject(self, finding: Finding, rule: dict[str, Any]) -> Subject:
+        """What ``finding`` (of ``rule``, as the report describes it) is about."""
         key = finding.key
-        if not key or scope in ("file", "pickle-global", "transfer"):
+        if not key or rule["subject"] in ("file", "pickle-global", "transfer"):
             return Subject(None, False, {}, (), None, ())
-        if scope == "module":
+        if rule["subject"] == "module":
             pairs = tuple(self.by_module.get(key, ()))
             verdicts = tuple(sorted({p.verdict for p in pairs}))
             tensors = {f"{key}.{leaf}": self._size(f"{key}.{leaf}", finding.evidence.get("channels"))
                        for leaf in MODULE_TENSORS}
             return Subject(key, True, tensors, tuple(p for p in pairs if p.target in tensors),
                            verdicts[0] if len(verdicts) == 1 else None, verdicts)
-        pair = None if scope in REFERENCE_SCOPES else self.pairs.get(key)
+        # a key only the reference has names the reference's tensor, not the target's
+        pair = None if rule["only_in"] == "reference" else self.pairs.get(key)
         size = pair.numel if pair else _numel(finding.evidence)
         siblings = tuple(sorted({p.verdict for p in self.by_module.get(parent(key), ())})) if pair else ()
         return Subject(key, False, {key: size}, (pair,) if pair else (), pair.verdict if pair else None, siblings)

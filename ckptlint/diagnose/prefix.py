@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ckptlint.results import PairRecord
 
@@ -19,7 +19,8 @@ from ckptlint.results import PairRecord
 def split_prefixes(new: str, old: str) -> tuple[str, str] | None:
     """The prefixes before the longest common dotted suffix:
     (``backbone.0.body.conv1.weight``, ``conv1.weight``) -> (``backbone.0.body.``, ``""``)."""
-    size = len(os.path.commonprefix([new[::-1], old[::-1]]))  # the common suffix, in characters
+    # the common suffix, in characters (then cut back to a whole name below)
+    size = len(os.path.commonprefix([new[::-1], old[::-1]]))  # noqa: RUF071
     while size and not all(len(key) == size or key[-size - 1] == "." for key in (new, old)):
         dot = new.find(".", len(new) - size)  # the suffix starts mid-name: keep only the names after it
         size = len(new) - dot - 1 if dot >= 0 else 0

@@ -77,7 +77,8 @@ def compare(target: np.ndarray, pretrained: np.ndarray, target_dtype: str, pretr
         p = p_flat[start:start + CHUNK].astype(np.float64)
         if equal_after_cast:
             rounded = round_to(p_flat[start:start + CHUNK], target_dtype)
-            equal_after_cast = np.array_equal(rounded, t_flat[start:start + CHUNK], equal_nan=True)
+            equal_after_cast = rounded is not None and np.array_equal(rounded, t_flat[start:start + CHUNK],
+                                                                      equal_nan=True)
         finite = np.isfinite(t) & np.isfinite(p)
         if not finite.all():
             t, p = t[finite], p[finite]

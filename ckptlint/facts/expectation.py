@@ -9,9 +9,9 @@ strongly correlated with the pretrained values) and leaves the frozen ones bit-i
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Sequence
 
 from ckptlint.facts.pair import PairFacts
 

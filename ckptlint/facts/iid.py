@@ -60,7 +60,7 @@ def spectral_ratio(matrix: np.ndarray, sigma: float) -> tuple[float, float]:
     m, n = matrix.shape
     edge = math.sqrt(m) + math.sqrt(n)
     limit = 1 + SPECTRAL_TW_UNITS * (1 / math.sqrt(m) + 1 / math.sqrt(n)) ** (1 / 3) / (2 * edge)
-    vector = np.random.default_rng(0).standard_normal(n)
+    vector = np.random.default_rng(0).standard_normal((n,))
     for _ in range(POWER_ITERATIONS):
         vector = matrix.T @ (matrix @ vector)
         norm = float(np.linalg.norm(vector))
@@ -118,8 +118,8 @@ def evidence(values: np.ndarray) -> dict[str, float | int | None]:
     matrix = picked.reshape(picked.shape[0], -1)
     ratio, limit = spectral_ratio(matrix, math.sqrt(second)) if second else (0.0, 1.0)
     rest = tuple(range(1, picked.ndim))
-    neighbours = [neighbour_z(picked, axes, second) for axes in (tuple(range(2, picked.ndim)), (1,))]
-    neighbours = [found for found in neighbours if found is not None]
+    candidates = [neighbour_z(picked, axes, second) for axes in (tuple(range(2, picked.ndim)), (1,))]
+    neighbours = [found for found in candidates if found is not None]
     corr, z = max(neighbours, key=lambda found: abs(found[1])) if neighbours else (None, None)
     return {
         "iid_elements": int(picked.size),
@@ -134,10 +134,11 @@ def evidence(values: np.ndarray) -> dict[str, float | int | None]:
 
 def consistent(found: dict[str, float | int | None]) -> bool:
     """True when no statistic rules out i.i.d. draws (one that could not be computed is silent)."""
-    if found["spectral_ratio"] is None:
+    ratio, limit = found["spectral_ratio"], found["spectral_limit"]
+    if ratio is None or limit is None:  # both or neither
         return False  # non-finite values (or nothing but zero rows): no draw of an init
     checks = (
-        found["spectral_ratio"] <= found["spectral_limit"],
+        ratio <= limit,
         _within(found["row_norm_z"], DISPERSION_Z_LIMIT),
         _within(found["channel_norm_z"], DISPERSION_Z_LIMIT),
         _within(found["neighbour_z"], NEIGHBOUR_Z_LIMIT),

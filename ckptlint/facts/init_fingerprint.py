@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import TypedDict
 
 import numpy as np
 
@@ -24,6 +25,17 @@ SAMPLE = 16384  # evenly spaced elements; initialisation is i.i.d., so spacing l
 PLAUSIBLE_STD_RATIO = (0.5, 2.0)  # candidates whose scale is further off are not tested at all
 KS_CRITICAL_COEFFICIENT = 1.949  # Kolmogorov distribution at alpha = 0.001
 KS_BLOCK = 64  # sample points per block of the KS search
+
+
+class KsFit(TypedDict):
+    """One candidate init (``candidates``' name) and how the values' marginal fits it."""
+
+    name: str
+    ks: float
+    ks_critical: float
+    std_ratio: float
+    expected_std: float
+    sample_size: int
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -109,7 +121,7 @@ def sample(values: np.ndarray) -> np.ndarray:
     return picked[np.isfinite(picked)]
 
 
-def ks_fits(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
+def ks_fits(values: np.ndarray, kind: str) -> list[KsFit]:
     """Each candidate init of a plausible scale with its KS distance, critical distance and std
     ratio, best first (empty when no init of this weight's fans has a similar spread). The
     marginal alone: what ``fingerprint`` judged before the i.i.d. checks."""
@@ -125,7 +137,7 @@ def ks_fits(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
     # Sorting the narrow type is twice as fast and widening keeps the order.
     xs = np.sort(picked).astype(np.float64)
     critical = KS_CRITICAL_COEFFICIENT / math.sqrt(xs.size)
-    fits = []
+    fits: list[KsFit] = []
     for name, family, scale, expected_std in plausible:
         if family == "uniform":
             cdf = functools.partial(_uniform_cdf, scale=scale)
@@ -142,7 +154,7 @@ def ks_fits(values: np.ndarray, kind: str) -> list[dict[str, float | str]]:
     return sorted(fits, key=lambda fit: (fit["ks"], fit["name"]))
 
 
-def matching_inits(values: np.ndarray, kind: str) -> list[dict[str, float | str | None]]:
+def matching_inits(values: np.ndarray, kind: str) -> list[dict[str, object]]:
     """The inits ``values`` are consistent with, best first: candidates whose KS distance is
     within the critical one, each with the i.i.d. evidence (``iid.evidence``: spectral_ratio,
     row_norm_z, neighbour_corr, ...) that the values are independent draws. Empty when the KS

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
 
 
 class LazyFacts(Mapping[str, Any]):
@@ -39,3 +40,20 @@ class LazyFacts(Mapping[str, Any]):
 def provides(names: str, method: Callable[[Any], None]) -> dict[str, Callable[[Any], None]]:
     """``providers`` entries for a method that computes several facts at once."""
     return {name: method for name in names.split()}
+
+
+class Layered(Mapping[str, Any]):
+    """``base``'s facts with a few more on top, computing none of ``base``'s until asked (a
+    ChainMap would need a mutable base)."""
+
+    def __init__(self, top: Mapping[str, Any], base: Mapping[str, Any]) -> None:
+        self._top, self._base = top, base
+
+    def __getitem__(self, name: str) -> Any:
+        return self._top[name] if name in self._top else self._base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._top, *self._base]))
+
+    def __len__(self) -> int:
+        return len(set(self._top) | set(self._base))

@@ -10,19 +10,20 @@ with. ``mapping`` says what was applied.
 
 from __future__ import annotations
 
-from collections import ChainMap
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.pair import PairFacts
 from ckptlint.facts.tensor import TensorFacts
-from ckptlint.align.alignment import Pair
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.load_mapping import AppliedMapping, LoadMapping
 
 
 class ModelContext:
     """A Reference (see facts.transfer) built from the model's state dict."""
+
+    name = "model"
 
     def __init__(self, target: Checkpoint, model_facts: CheckpointFacts) -> None:
         self.target, self.model = target, model_facts.checkpoint
@@ -49,16 +50,14 @@ class ModelContext:
         name = self.loads_into.get(key)
         if name is None or tuple(target["shape"]) == self.model.tensors[name].shape:
             return None
-        return PairFacts(Pair(key, name, "model", name), target, self.model_facts.tensor(name), "copied", False, 0.0,
-                         reference="model")
+        return PairFacts(key, name, "model", target, self.model_facts.tensor(name))
 
     def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None:
         if key not in self.unexpected:
             return None
-        return ChainMap({"reference": "model", "transfer_scope": "", "ambiguous_with": []}, tensor)
+        return tensor
 
     def unused_facts(self) -> Iterator[TensorFacts]:
         for key in self.model.tensors:
             if key not in self.reached:
-                yield self.model_facts.tensor(key, extra={"reference": "model", "counterpart_module": None,
-                                                          "is_head": False})
+                yield self.model_facts.tensor(key)

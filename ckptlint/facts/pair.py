@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from ckptlint.align.alignment import Pair
 from ckptlint.facts.compare import compare, narrower, shape_cause
 from ckptlint.facts.lazy import LazyFacts, provides
 from ckptlint.facts.tensor import TensorFacts, resembled_init
-from ckptlint.align.alignment import Pair
+from ckptlint.vocabulary import CARRIED
 
-VERDICTS = ("copied", "cast", "fine-tuned", "modified", "resized", "reinitialized", "unrelated", "missing")
-CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
-COMPARISON = ("bit_equal equal_after_cast cast_through max_abs_error rel_error cosine correlation std_ratio verdict init "
-              "within_drift shape_cause shape_cause_kind slice_equal histogram")
+COMPARISON = ("bit_equal equal_after_cast cast_through max_abs_error rel_error cosine correlation std_ratio verdict "
+              "init "
+              "within_drift shape_cause shape_cause_kind slice_equal")
 HISTOGRAM_VERDICTS = ("reinitialized", "modified", "unrelated")
 HISTOGRAM_BINS = 24
 # A ResNet stage anywhere in a torchvision-named key (``resnet.conv1.weight`` is the stem too).
@@ -67,48 +67,73 @@ def stage_of(canonical: str) -> str:
 
 
 class PairFacts(LazyFacts):
-    """``pair.*`` in rules; ``target`` and ``pretrained`` are the two sides' tensor facts."""
+    """``pair.*`` in rules: a target tensor and the tensor of a reference it meets (``source``),
+    for any reference: a pretrained checkpoint or the model the user's code builds. ``target``
+    and ``source`` are the two sides' tensor facts."""
 
-    def __init__(self, pair: Pair, target: TensorFacts, pretrained: TensorFacts, expect: str, frozen: bool,
-                 max_drift: float, reference: str = "pretrained") -> None:
+    def __init__(self, target_key: str, source_key: str, reference: str, target: TensorFacts,
+                 source: TensorFacts, **eager: Any) -> None:
         super().__init__({
-            "reference": reference,  # "pretrained" (a transfer) or "model" (the model's own code)
-            "target": pair.target,
-            "leaf": pair.target.rpartition(".")[2],
-            "is_counter": pair.target.rpartition(".")[2] == COUNTER_LEAF,
-            "pretrained": pair.pretrained,
-            "how": pair.how,
-            "canonical": pair.canonical,
-            "stage": stage_of(pair.canonical),
-            "expect": expect,
-            "frozen": frozen,
-            "frozen_by": None,
-            "max_drift": max_drift,
-            "shape_equal": target["shape"] == pretrained["shape"],
+            "reference": reference,
+            "target": target_key,
+            "source": source_key,
+            "leaf": target_key.rpartition(".")[2],
+            "shape_equal": target["shape"] == source["shape"],
             "target_shape": target["shape"],
-            "pretrained_shape": pretrained["shape"],
+            "source_shape": source["shape"],
             "target_dtype": target["dtype"],
-            "pretrained_dtype": pretrained["dtype"],
-            "narrower": narrower(target["dtype"], pretrained["dtype"]),
+            "source_dtype": source["dtype"],
             "module_kind": target["module_kind"],
-            "numel": pretrained["numel"],
+            **eager,
         })
-        self.target_facts, self.pretrained_facts = target, pretrained
+        self.target_facts, self.source_facts = target, source
+
+    def _shape_cause(self) -> None:
+        kind = cause = None
+        if not self["shape_equal"]:
+            kind, cause, _ = shape_cause(self.target_facts.array(), self.source_facts.array(),
+                                         tuple(self["target_shape"]), tuple(self["source_shape"]))
+        self._cache.update(shape_cause_kind=kind, shape_cause=cause)
+
+    providers = provides("shape_cause_kind shape_cause", _shape_cause)
+
+
+class TransferPairFacts(PairFacts):
+    """A pair of a transfer: how the alignment found it, the comparison of the values and the
+    verdict, and — once ``settle`` has run — the expectation it was judged under."""
+
+    def __init__(self, pair: Pair, target: TensorFacts, source: TensorFacts, max_drift: float,
+                 histogram: bool = False) -> None:
+        """``histogram``: keep both sides' value histograms of a pair that did not carry the
+        values (only the HTML report draws them)."""
+        super().__init__(
+            pair.target, pair.pretrained, "pretrained", target, source,
+            how=pair.how, canonical=pair.canonical, stage=stage_of(pair.canonical),
+            is_counter=pair.target.rpartition(".")[2] == COUNTER_LEAF, max_drift=max_drift,
+            narrower=narrower(target["dtype"], source["dtype"]), numel=source["numel"])
+        self._want_histogram = histogram
+        self.histogram: dict[str, list[float]] | None = None
+
+    def judge(self) -> str:
+        """Compare the values now (both sides are read once, the source side released) and
+        return the raw verdict; ``settle`` may still turn a drift into ``fine-tuned``."""
+        verdict: str = self["verdict"]
+        return verdict
 
     def _compare(self) -> None:
-        t_values, p_values = self.target_facts.array(), self.pretrained_facts.array()
+        t_values, p_values = self.target_facts.array(), self.source_facts.array()
         facts: dict[str, Any] = dict.fromkeys(COMPARISON.split())
         if self["shape_equal"]:
-            facts.update(compare(t_values, p_values, self["target_dtype"], self["pretrained_dtype"]))
+            facts.update(compare(t_values, p_values, self["target_dtype"], self["source_dtype"]))
             facts["verdict"], facts["init"] = self._verdict(facts)
         else:
             facts["verdict"] = "resized"
             facts["shape_cause_kind"], facts["shape_cause"], facts["slice_equal"] = shape_cause(
-                t_values, p_values, tuple(self["target_shape"]), tuple(self["pretrained_shape"]))
+                t_values, p_values, tuple(self["target_shape"]), tuple(self["source_shape"]))
         facts["within_drift"] = self._within_drift(facts["verdict"], facts["rel_error"])
-        if facts["verdict"] in HISTOGRAM_VERDICTS:
-            facts["histogram"] = _histograms(t_values, p_values)
-        self.pretrained_facts.release()  # the runner releases the target side with its module
+        if self._want_histogram and facts["verdict"] in HISTOGRAM_VERDICTS:
+            self.histogram = _histograms(t_values, p_values)
+        self.source_facts.release()  # the runner releases the target side with its module
         self._cache.update(facts)
 
     def _within_drift(self, verdict: str, rel_error: float | None) -> bool:
@@ -120,8 +145,8 @@ class PairFacts(LazyFacts):
             return "copied", None
         if facts["equal_after_cast"]:
             return "cast", None
-        target, pretrained = self.target_facts, self.pretrained_facts
-        if target["is_constant"] and not pretrained["is_constant"]:
+        target, source = self.target_facts, self.source_facts
+        if target["is_constant"] and not source["is_constant"]:
             return "reinitialized", f"constant {target['min']:g}"  # BatchNorm's 1/0 defaults
         if related_values(facts["correlation"], self["numel"], facts["rel_error"]):
             return "modified", None  # still correlated with the pretrained values: it moved

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ckptlint.results import Score, ScoreSummary, StageScore
 
 SCORE_DIGITS = 6
 
@@ -56,12 +59,12 @@ class _Tally:
             self.carried += entry.parameters
             self.tensors_carried += 1
 
-    def scores(self) -> dict[str, Any]:
-        return {"score": floor_score(self.carried, self.parameters), "parameters": self.parameters,
-                "score_by_tensors": floor_score(self.tensors_carried, self.tensors), "tensors": self.tensors}
+    def score(self) -> Score:
+        return Score(floor_score(self.carried, self.parameters), self.parameters,
+                     floor_score(self.tensors_carried, self.tensors), self.tensors)
 
 
-def score_summary(entries: Sequence[ScoreEntry]) -> dict[str, Any] | None:
+def score_summary(entries: Sequence[ScoreEntry]) -> ScoreSummary | None:
     """Scores overall, per stage (rows sum to the total) and per module; None without entries."""
     if not entries:
         return None
@@ -73,9 +76,9 @@ def score_summary(entries: Sequence[ScoreEntry]) -> dict[str, Any] | None:
         stages[entry.stage].add(entry)
         if entry.module is not None:
             modules[entry.module].add(entry)
-    return {
-        **total.scores(),
-        "by_stage": {name: {**row.scores(), "verdicts": dict(sorted(row.verdicts.items()))}
-                     for name, row in sorted(stages.items(), key=lambda item: _stage_order(item[0]))},
-        "by_module": {name: row.scores()["score"] for name, row in sorted(modules.items())},
-    }
+    return ScoreSummary(
+        **total.score().only_score(),
+        by_stage={name: StageScore(**row.score().only_score(), verdicts=dict(sorted(row.verdicts.items())))
+                  for name, row in sorted(stages.items(), key=lambda item: _stage_order(item[0]))},
+        by_module={name: row.score().score for name, row in sorted(modules.items())},
+    )

@@ -10,11 +10,11 @@ A global that is only named, and neither allowlisted nor denylisted, is merely u
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from fnmatch import fnmatchcase
 from functools import cache
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 from ckptlint._toml import tomllib
 from ckptlint.io.pickle_walk import CHANGED, NAMED, USES

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class TensorFacts(LazyFacts):
     def _compute(self, group: str) -> None:
         self._cache.update(_GROUP_FUNCTIONS[group](self.array(), self))
 
-    providers = {
+    providers: ClassVar[dict[str, Callable[[Any], None]]] = {
         **provides(FINITENESS, lambda self: self._compute("finiteness")),
         **provides(CONSTANCY, lambda self: self._compute("constancy")),
         **provides(EXTREMES, lambda self: self._compute("extremes")),

@@ -1,39 +1,34 @@
-"""Facts about a transfer: the alignment of a target with its pretrained checkpoint, each pair's
-facts and verdict, the expectation they were judged under, what the target's modules and the
-unused pretrained tensors have to say, and the score."""
+"""Facts about a transfer, from the alignment on: each pair's facts and verdict, the expectation
+they were judged under, what the target's modules and the unused pretrained tensors have to say,
+the score entries, and how the report describes the target."""
 
 from __future__ import annotations
 
-import difflib
-from collections import ChainMap, defaultdict
-from fnmatch import fnmatchcase
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
+from typing import Any, Protocol
 
-from ckptlint.errors import ConfigError
+from ckptlint.align.schemes import canonical_name
+from ckptlint.align.transfer import TransferAlignment, is_head
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.compare import shrank_cause, sliced_cause
 from ckptlint.facts.expectation import Expectation, infer_expectation
-from ckptlint.facts.pair import PairFacts, stage_of
+from ckptlint.facts.lazy import Layered
+from ckptlint.facts.pair import PairFacts, TransferPairFacts, stage_of
 from ckptlint.facts.score import ScoreEntry
 from ckptlint.facts.tensor import TensorFacts
-from ckptlint.align.alignment import Alignment, align
 from ckptlint.graph.build import split_key
-from ckptlint.align.schemes import canonical_name
-from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.options import TransferOptions
-from ckptlint.presets import preset, presets
-
-# The ImageNet classifier a detector drops (torchvision/timm ``fc``, HF ``classifier``, timm ``head``).
-HEAD_PATTERNS = ("fc.*", "classifier.*", "head.*")
-
-
-def is_head(canonical: str) -> bool:
-    return any(fnmatchcase(canonical, pattern) for pattern in HEAD_PATTERNS)
+from ckptlint.results import OutsideScope, Score, TargetTransfer
+from ckptlint.vocabulary import CARRIED, TRANSFER
 
 
 class Reference(Protocol):
     """What the runner asks of a reference the target is judged against (a pretrained
     checkpoint, or the model the user's code builds)."""
+
+    name: str  # "pretrained" or "model": which rules judge what it pairs
 
     def tensor_extra(self, key: str) -> dict[str, Any]: ...
 
@@ -46,62 +41,7 @@ class Reference(Protocol):
     def unused_facts(self) -> Iterator[TensorFacts]: ...
 
 
-def _module_paths(keys: Sequence[str]) -> set[str]:
-    paths = set()
-    for key in keys:
-        parts = key.split(".")[:-1]
-        paths.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return paths
-
-
-def _did_you_mean(word: str, choices: set[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _has_module(keys: Sequence[str], path: str) -> bool:
-    return not path or any(key.startswith(path + ".") for key in keys)
-
-
-def resolve_scope(target: Checkpoint, options: TransferOptions) -> tuple[str | None, dict[str, Any]]:
-    """The scope asked for (``--scope``, else the preset's) and the preset, both checked against
-    the file: a scope or preset that matches nothing is a usage error, never a silent no-op."""
-    keys = list(target.tensors)
-    chosen = preset(options.preset)
-    found = None
-    if chosen:
-        scopes = chosen["scopes"]
-        found = next((scope for scope in scopes if _has_module(keys, scope)), None)
-        if found is None:
-            fitting = sorted(name for name, other in presets().items()
-                             if any(_has_module(keys, scope) for scope in other["scopes"]))
-            hint = f"; did you mean --preset {' or --preset '.join(fitting)}?" if fitting else ""
-            raise ConfigError(f"--preset {options.preset}: {target.path} has none of its backbone modules "
-                              f"({', '.join(scopes)}){hint}")
-    if options.scope is not None:
-        if not _has_module(keys, options.scope):
-            raise ConfigError(f"--scope {options.scope}: no module of that name in {target.path}"
-                              f"{_did_you_mean(options.scope, _module_paths(keys))}")
-        return options.scope, chosen
-    return found, chosen
-
-
-def check_maps(alignment: Alignment, target: Checkpoint, pretrained: Checkpoint,
-               maps: Sequence[tuple[str, str]]) -> None:
-    """Every ``--map OLD=NEW`` must pair something."""
-    for old, new in maps:
-        if (old, new) in alignment.maps_used:
-            continue
-        if not any(key.startswith(old) for key in target.tensors):
-            prefixes = {path + "." for path in _module_paths(list(target.tensors))}
-            raise ConfigError(f"--map {old}={new}: no key of {target.path} starts with {old!r}"
-                              f"{_did_you_mean(old, prefixes)}")
-        prefixes = {path + "." for path in _module_paths(list(pretrained.tensors))}
-        raise ConfigError(f"--map {old}={new}: no key of {pretrained.path} starts with {new!r} followed by "
-                          f"the rest of a mapped key{_did_you_mean(new, prefixes) if new else ''}")
-
-
-class TransferContext:
+class TransferAnalysis:
     """Everything the runner needs to judge a target against a pretrained checkpoint.
 
     Building it compares every pair (each tensor read once, then released): whether the target
@@ -109,21 +49,17 @@ class TransferContext:
     before any rule runs.
     """
 
+    name = "pretrained"
+
     def __init__(self, target_facts: CheckpointFacts, pretrained_facts: CheckpointFacts,
-                 options: TransferOptions) -> None:
+                 aligned: TransferAlignment, options: TransferOptions, histograms: bool = False) -> None:
         """``pretrained_facts`` is shared by every target checked against the same file, so its
-        module graph is built once."""
+        module graph is built once. ``histograms``: keep value histograms for the HTML report."""
         target, pretrained = target_facts.checkpoint, pretrained_facts.checkpoint
-        scope, chosen = resolve_scope(target, options)
+        chosen = aligned.preset
         self.options = options
         self.target, self.pretrained = target, pretrained
-        self.alignment = align(
-            target.tensors, pretrained.tensors, options.maps, scope,
-            read_target=lambda key: target.read(key).tobytes(),
-            read_pretrained=lambda key: pretrained.read(key).tobytes(),
-            scope_from=lambda pair: not is_head(pair.canonical),  # a copied head says nothing of a backbone
-        )
-        check_maps(self.alignment, target, pretrained, options.maps)
+        self.alignment = aligned.alignment
         self.pretrained_facts = pretrained_facts
         self.unmatched = set(self.alignment.unmatched_target)
         self._module_map: dict[str, str] = {}  # pretrained module -> target module
@@ -131,9 +67,9 @@ class TransferContext:
             self._module_map.setdefault(split_key(pair.pretrained)[0], split_key(pair.target)[0])
         # Only pairs inside the scope are judged: a narrower --scope says what should come from
         # the pretrained file, and the expectation is inferred from the same tensors it applies to.
-        self.pairs = {pair.target: PairFacts(pair, target_facts.tensor(pair.target),
-                                             pretrained_facts.tensor(pair.pretrained), options.expect, False,
-                                             options.max_drift)
+        self.pairs = {pair.target: TransferPairFacts(pair, target_facts.tensor(pair.target),
+                                                     pretrained_facts.tensor(pair.pretrained), options.max_drift,
+                                                     histograms)
                       for pair in self.alignment.pairs if self._in_scope(pair.target)}
         self._compare_all()
         self._consistent_causes()
@@ -150,13 +86,13 @@ class TransferContext:
     def _compare_all(self) -> None:
         """Compare every pair now (values are released as soon as each is judged)."""
         for facts in self.pairs.values():
-            facts["verdict"]
+            facts.judge()
             facts.target_facts.release()
 
     def _consistent_causes(self) -> None:
         """One cause for all resized tensors of a module: channels sliced only when every one
         of them equals the pretrained leading slice and one proves it (constants prove nothing)."""
-        by_module: dict[str, list[PairFacts]] = defaultdict(list)
+        by_module: dict[str, list[TransferPairFacts]] = defaultdict(list)
         for facts in self.pairs.values():
             if facts["verdict"] == "resized" and facts["shape_cause_kind"] in ("sliced", "smaller"):
                 by_module[split_key(facts["target"])[0]].append(facts)
@@ -164,7 +100,7 @@ class TransferContext:
             sliced = (all(m["slice_equal"] for m in members)
                       and any(m["shape_cause_kind"] == "sliced" for m in members))
             for m in members:
-                shapes = (tuple(m["target_shape"]), tuple(m["pretrained_shape"]))
+                shapes = (tuple(m["target_shape"]), tuple(m["source_shape"]))
                 if sliced:
                     m.revise_cause("sliced", sliced_cause(*shapes))
                 else:
@@ -174,7 +110,7 @@ class TransferContext:
         role = "paired" if key in self.pairs else "unmatched" if key in self.unmatched else "outside-scope"
         return {"paired": key in self.pairs, "transfer_role": role}
 
-    def pair_facts(self, key: str, target: TensorFacts) -> PairFacts | None:
+    def pair_facts(self, key: str, target: TensorFacts) -> TransferPairFacts | None:
         """The pair's facts, judged when the context was built."""
         return self.pairs.get(key)
 
@@ -182,12 +118,12 @@ class TransferContext:
         """``tensor.*`` for a target tensor in the scope with no counterpart, or None."""
         if key not in self.unmatched:
             return None
-        return ChainMap({"reference": "pretrained", "transfer_scope": self.alignment.scope,
+        return Layered({"transfer_scope": self.alignment.scope,
                          "ambiguous_with": self.alignment.ambiguous.get(key, [])}, tensor)
 
     def module_extra(self, path: str, tensors: dict[str, str]) -> dict[str, Any]:
         """The pretrained module this target module came from, and whether it has statistics."""
-        pretrained_module = next((split_key(self.pairs[k]["pretrained"])[0] for k in tensors.values()
+        pretrained_module = next((split_key(self.pairs[k]["source"])[0] for k in tensors.values()
                                   if k in self.pairs), None)
         graph = self.pretrained_facts.graph
         leaves = graph.nodes[pretrained_module]["tensors"] if pretrained_module in graph else {}
@@ -200,7 +136,6 @@ class TransferContext:
         for key in self.alignment.unused_pretrained:
             module = split_key(key)[0]
             yield self.pretrained_facts.tensor(key, extra={"counterpart_module": self._module_map.get(module),
-                                                            "reference": "pretrained",
                                                             "is_head": is_head(canonical_name(key))})
 
     def score_entries(self) -> list[ScoreEntry]:
@@ -212,7 +147,7 @@ class TransferContext:
             if is_head(facts["canonical"]) or facts["is_counter"]:
                 continue
             entries.append(ScoreEntry(facts["stage"], split_key(facts["target"])[0], facts["numel"],
-                                      facts["verdict"] in ("copied", "cast", "fine-tuned"), facts["verdict"]))
+                                      facts["verdict"] in CARRIED, facts["verdict"]))
         for key in self.alignment.unused_pretrained:
             canonical = canonical_name(key)
             if not is_head(canonical) and not key.endswith("num_batches_tracked"):
@@ -226,13 +161,12 @@ class TransferContext:
                                           self.target.tensors[key].numel, False, "unmatched"))
         return entries
 
-    def outside_scope(self) -> dict[str, Any]:
+    def outside_scope(self) -> OutsideScope:
         """The target's top-level modules outside the scope: expected to be new, not judged as
         fresh initialisation (a detector's transformer and heads)."""
         keys = [k for k in self.target.tensors if not self._in_scope(k)]
-        modules = sorted({self._outside_root(k) for k in keys})
-        return {"modules": modules, "tensors": len(keys),
-                "parameters": sum(self.target.tensors[k].numel for k in keys)}
+        return OutsideScope(tuple(sorted({self._outside_root(k) for k in keys})), len(keys),
+                            sum(self.target.tensors[k].numel for k in keys))
 
     def _outside_root(self, key: str) -> str:
         """The first module on the key's path that is not an ancestor of the scope."""
@@ -243,9 +177,17 @@ class TransferContext:
             depth += 1
         return ".".join(parts[:depth + 1]) if depth + 1 < len(parts) else ".".join(parts[:-1]) or key
 
-    def describe(self) -> dict[str, Any]:
-        """What the report says about this target's transfer besides the score."""
-        return {"pretrained": self.pretrained.path,
-                "expect": self.expectation.expect, "expect_reason": self.expectation.reason,
-                "frozen": len(self.expectation.frozen), "frozen_reason": self.expectation.frozen_reason,
-                "scope": self.alignment.scope, "outside_scope": self.outside_scope()}
+    def result(self, score: Score | None) -> TargetTransfer:
+        """How this target was judged, as the report shows it, with its own ``score``."""
+        return TargetTransfer(
+            **(score or Score(None, 0, None, 0)).only_score(), pretrained=self.pretrained.path,
+            expect=self.expectation.expect, expect_reason=self.expectation.reason,
+            frozen=len(self.expectation.frozen), frozen_reason=self.expectation.frozen_reason,
+            scope=self.alignment.scope, outside_scope=self.outside_scope(),
+            unmatched=tuple(sorted(self.alignment.unmatched_target)))
+
+
+def transfer_facts(target: TargetTransfer) -> dict[str, Any]:
+    """``transfer.*`` in rules: how a target was judged and its score, as plain data."""
+    described = {name: getattr(target, name) for name in TRANSFER}
+    return {**described, "outside_scope": asdict(target.outside_scope)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import networkx as nx
 
@@ -24,9 +24,9 @@ def parent_of(module: str) -> str:
 def build_module_graph(tensors: Mapping[str, Shaped]) -> nx.DiGraph:
     """One node per module path (the root is ``""``), ``contains`` edges parent -> child.
 
-    Node attributes: ``kind`` (see kinds.KINDS) and ``tensors`` (leaf name -> tensor key).
+    Node attributes: ``kind`` (one of vocabulary.MODULE_KINDS) and ``tensors`` (leaf name -> tensor key).
     """
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     graph.add_node(ROOT, tensors={})
     for key in tensors:
         module, leaf = split_key(key)

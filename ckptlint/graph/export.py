@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,7 +14,7 @@ def _flat_copy(graph: nx.DiGraph) -> nx.DiGraph:
     """GraphML and DOT take scalar attributes only: tensors become a comma-separated list."""
     import networkx as nx
 
-    flat = nx.DiGraph()
+    flat: nx.DiGraph[str] = nx.DiGraph()
     for node, data in graph.nodes(data=True):
         flat.add_node(node, kind=data["kind"], tensors=",".join(sorted(data["tensors"].values())))
     flat.add_edges_from(graph.edges(data=True))

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 
 class Shaped(Protocol):
-    shape: tuple[int, ...]
+    @property
+    def shape(self) -> tuple[int, ...]: ...  # read-only: a frozen TensorRef fits
 
 
-KINDS = ("container", "conv", "linear", "batchnorm", "frozen_batchnorm", "layernorm", "groupnorm",
-         "embedding", "multihead_attention", "unknown")
 
 # An affine-only norm module is a BatchNorm whose statistics are missing when its name says so
 # (torchvision/timm `bn1`, `downsample.1`; Hugging Face ResNet `normalization`); otherwise it is

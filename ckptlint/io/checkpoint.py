@@ -6,8 +6,9 @@ import hashlib
 import math
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from ckptlint.errors import CheckpointError
 from ckptlint.io.dtypes import DType, widen
 from ckptlint.io.unpickler import PickleGlobal
 
+_C = TypeVar("_C", bound="Checkpoint")  # __enter__ returns the subclass it is called on
 
 # A strided view (stride 0 broadcasts) may repeat its storage; a hostile one would repeat a few
 # bytes into terabytes. Views larger than this many times their bytes (and 256 MiB) are refused.
@@ -93,7 +95,7 @@ class TensorRef:
     def validate(self) -> None:
         """Refuse a tensor no array can hold or whose view reaches outside its storage."""
         check_shape(self.key, self.shape, self.dtype.itemsize)
-        begin, end = self.element_span()
+        _, end = self.element_span()
         if end > self.storage_numel:
             raise CheckpointError(
                 f"tensor {self.key!r} reaches element {_count(end)} of a storage holding {_count(self.storage_numel)}"
@@ -185,9 +187,9 @@ class Checkpoint:
             self._handles[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
         return self._handles[path]
 
-    def sha256(self, on_chunk: Callable[[int], None] | None = None) -> str:
-        """SHA-256 of the checkpoint's bytes (its files in order, for a sharded one);
-        ``on_chunk`` hears how many bytes each step hashed (for a progress bar)."""
+    def sha256(self, on_chunk: Callable[[int], None] | None = None) -> str | None:
+        """SHA-256 of the checkpoint's bytes (its files in order, for a sharded one; None for
+        an in-memory one); ``on_chunk`` hears how many bytes each step hashed (for a progress bar)."""
         if self._sha256 is None:
             digest = hashlib.sha256()
             for info in self.files:
@@ -204,7 +206,7 @@ class Checkpoint:
             handle.close()
         self._handles.clear()
 
-    def __enter__(self) -> Checkpoint:
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,7 +6,8 @@ torch is imported only when a torch object is handed over, never to find out whe
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +16,17 @@ from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef
 from ckptlint.io.dtypes import DTYPES
 from ckptlint.io.layout import find_state_dict, strip_prefixes
 
+if TYPE_CHECKING:
+    from ckptlint.load_mapping import LoadMapping
+
+
 def _torch_type(value: Any, name: str) -> bool:
     """isinstance(value, torch.<name>), without importing torch: a torch object cannot exist
     unless torch was imported already."""
     torch = sys.modules.get("torch")
     if torch is None:
         return False
-    cls = torch
+    cls: object = torch
     for part in name.split("."):
         cls = getattr(cls, part, None)
     return isinstance(cls, type) and isinstance(value, cls)
@@ -56,6 +61,8 @@ def _as_numpy(value: Any, dtype: str) -> np.ndarray:
 class MemoryCheckpoint(Checkpoint):
     """A Checkpoint whose tensors are objects in this process; nothing is read from disk."""
 
+    load_mapping: LoadMapping | None = None  # the user's model's load-time renaming (user_model.py)
+
     def __init__(self, label: str, tensors: Mapping[str, Any], layout: str, stripped: str) -> None:
         refs = {}
         for key, value in tensors.items():
@@ -76,7 +83,7 @@ class MemoryCheckpoint(Checkpoint):
         self.bytes_read += values.nbytes
         return values
 
-    def sha256(self, on_chunk: Any = None) -> str | None:  # type: ignore[override]
+    def sha256(self, on_chunk: Callable[[int], None] | None = None) -> str | None:
         return None  # nothing on disk to fingerprint
 
     def close(self) -> None:

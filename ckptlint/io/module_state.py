@@ -9,7 +9,8 @@ also means a module's own state-dict hooks and ``get_extra_state`` are not appli
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.unpickler import InertObject

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from ckptlint.errors import CheckpointError, LfsPointerError
 from ckptlint.io.checkpoint import Checkpoint, FileInfo
@@ -98,10 +98,11 @@ def _open_file(path: str, key_path: str | None) -> Checkpoint:
     if len(holding) > 1:
         raise CheckpointError(f"ambiguous file: it reads as {' and as '.join(r.kind for r in holding)}; "
                               "which one a loader takes depends on how it is called", path, seen)
-    if holding and isinstance(holding[0].result, Checkpoint):
-        return holding[0].result
     if holding:
-        raise CheckpointError(holding[0].result.message, path, seen)
+        result = holding[0].result
+        if isinstance(result, Checkpoint):
+            return result
+        raise CheckpointError(result.message, path, seen)
     failures = {r.kind: r.result for r in readings if isinstance(r.result, CheckpointError)}  # all of them
     return _not_a_checkpoint(path, key_path, size, head, failures)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import codecs
 import io
 import pickletools
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 READ_CHUNK = 1 << 16
 MAX_LINE = 1 << 20  # protocol 0's text arguments (GLOBAL, INT, UNICODE, ...) end within this

@@ -21,8 +21,9 @@ gigabytes allocates nothing.)
 from __future__ import annotations
 
 import _compat_pickle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.pickle_opcodes import MAX_NAME, STOP, PickleSource, opcode_table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -46,7 +47,8 @@ def _tensor(name: str, entry: Any, path: str, data_start: int, size: int) -> Ten
 
     if not isinstance(entry, dict):
         raise bad("is not an object")
-    dtype_name = SAFETENSORS_DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+    dtype = entry.get("dtype")
+    dtype_name = SAFETENSORS_DTYPES.get(dtype) if isinstance(dtype, str) else None  # [] is unhashable
     if dtype_name is None:
         raise bad(f"has unknown dtype {str(entry.get('dtype'))[:20]!r}")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
@@ -70,7 +72,7 @@ def _tensor(name: str, entry: Any, path: str, data_start: int, size: int) -> Ten
 
 def _check_no_overlap(tensors: dict[str, TensorRef], path: str) -> None:
     spans = sorted((ref.storage_start, ref.storage_start + ref.nbytes, ref.key) for ref in tensors.values())
-    for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
         if begin < end:
             raise CheckpointError(f"safetensors header: tensors {first!r} and {second!r} overlap", path)
 

@@ -10,6 +10,7 @@ ckptlint does not read this format's tensors; it scans every pickle torch could 
 
 from __future__ import annotations
 
+import io
 import struct
 import tarfile
 from typing import Any, BinaryIO
@@ -22,7 +23,7 @@ def scan_torch_tar(path: str) -> list[PickleGlobal] | None:
     """The globals named by every pickle torch could load from the tar archive ``path``; None when
     ``path`` is not one (tarfile, as torch calls it, cannot open it)."""
     try:
-        archive = tarfile.open(path, mode="r:", format=tarfile.PAX_FORMAT)
+        archive = tarfile.open(path, mode="r:", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - `with archive` below
     except (tarfile.TarError, ValueError, OSError, EOFError):
         return None
     seen: list[PickleGlobal] = []
@@ -30,10 +31,12 @@ def scan_torch_tar(path: str) -> list[PickleGlobal] | None:
         try:
             members = archive.getmembers()
         except (tarfile.TarError, ValueError, OSError, EOFError):
-            members = archive.members  # the ones read before a broken header
+            members = archive.members  # type: ignore[attr-defined]  # undocumented: those read before a broken header
         for member in members:
             if member.isreg():  # a link named "pickle" is read through: its target is scanned here
-                _scan_member(archive.extractfile(member), member.name, seen)  # type: ignore[arg-type]
+                stream = archive.extractfile(member)
+                if isinstance(stream, io.BufferedReader):  # always for a regular member (typed IO[bytes] | None)
+                    _scan_member(stream, member.name, seen)
     return seen
 
 
@@ -56,7 +59,8 @@ def _scan_member(stream: BinaryIO, name: str, seen: list[PickleGlobal]) -> None:
         except (CheckpointError, struct.error, tarfile.TarError, ValueError, OverflowError):
             pass  # where torch would fail too: a short or broken member
     first, second = walks
-    shared = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    differ = (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    shared = next(differ, min(len(first), len(second)))
     seen += first + second[shared:]  # both walks read the pickle after the count: count it once
 
 

@@ -4,8 +4,9 @@ pretrained ones rather than a copy (see facts/expectation.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # Top-level entries training loops save beside the weights (DETR: optimizer, lr_scheduler, epoch,
 # args; Lightning: optimizer_states, lr_schedulers, epoch, global_step; timm: optimizer, epoch,

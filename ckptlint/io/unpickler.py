@@ -25,13 +25,13 @@ import builtins
 import enum
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.dtypes import DTYPES, TORCH_DTYPE_NAMES, TORCH_STORAGE_TYPES, UNREADABLE_TORCH_DTYPES, DType
-from ckptlint.io.pickle_walk import (CALLED, GIVEN_STATE, INSTANTIATED, NAMED, USES, Named, normalise_global,
-                                     walk)
+from ckptlint.io.pickle_walk import CALLED, GIVEN_STATE, INSTANTIATED, NAMED, USES, Named, normalise_global, walk
 
 # Bounds on what one pickle may make us build, relative to its size: a pickle can hand the same
 # big list to a constructor again and again (BINGET costs two bytes, a copy of a million items
@@ -155,14 +155,18 @@ class InertObject:
     ckpt_global = "?"
     ckpt_key: tuple[str, str]
     ckpt_ledger: _Ledger
+    ckpt_args: tuple[Any, ...]
+    ckpt_kwargs: dict[str, Any]
+    ckpt_state: Any
+    ckpt_items: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:  # REDUCE, NEWOBJ, OBJ, INST
         cls.ckpt_ledger.invoked(cls.ckpt_key, CALLED, 1 + len(args) + len(kwargs))
         self = super().__new__(cls)
         self.ckpt_args = args
         self.ckpt_kwargs = kwargs
-        self.ckpt_state: Any = None
-        self.ckpt_items: list[Any] = []
+        self.ckpt_state = None
+        self.ckpt_items = []
         return self
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -185,7 +189,7 @@ class InertObject:
         return f"<inert {self.ckpt_global}>"
 
 
-class InertDict(dict):  # type: ignore[type-arg]
+class InertDict(dict):
     """A mapping built through an allowlisted class (OrderedDict, Counter, Lightning's
     AttributeDict): a dict, its class made for one pickle. BUILD's state (the ``_metadata`` torch
     gives a state dict) is kept apart, as data."""
@@ -233,7 +237,7 @@ class _Complex(complex):
     __slots__ = ()
     __setstate__ = _refuse_build
 
-    def __new__(cls, real: Any = 0.0, imag: Any = 0.0) -> complex:  # type: ignore[misc]
+    def __new__(cls, real: Any = 0.0, imag: Any = 0.0) -> complex:  # type: ignore[misc]  # a plain complex, by design
         if type(real) not in (int, float) or type(imag) not in (int, float):
             raise CheckpointError("malformed complex number")
         return complex(real, imag)
@@ -429,7 +433,10 @@ ALLOWLIST: dict[tuple[str, str], tuple[Any, str]] = {
         ("torch", storage): (StorageType(DTYPES[dtype]), "names a storage's element type")
         for storage, dtype in TORCH_STORAGE_TYPES.items()
     },
-    **{("torch", alias): (ElementType(DTYPES[name]), "names an element type") for alias, name in TORCH_DTYPE_NAMES.items()},
+    **{
+        ("torch", alias): (ElementType(DTYPES[name]), "names an element type")
+        for alias, name in TORCH_DTYPE_NAMES.items()
+    },
     **{("torch", name): (ElementType(None, name), "names an element type ckptlint cannot read (not code)")
        for name in UNREADABLE_TORCH_DTYPES},
     ("torch", "Size"): (Call(tuple), "a tuple of integers"),

@@ -210,7 +210,7 @@ class _Window(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # BufferedReader passes a memoryview
         data = _read_at(self.raw, self.position, min(len(buffer), self.end - self.position))
         buffer[:len(data)] = data
         self.position += len(data)
@@ -230,7 +230,7 @@ class _Inflate(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # BufferedReader passes a memoryview
         while not self.pending and not self.done:
             block = self.inflater.unconsumed_tail or self.source.read(self.BLOCK)
             self.pending = self._inflate(block)
@@ -262,7 +262,7 @@ class _Capped(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # BufferedReader passes a memoryview
         count = self.source.readinto(memoryview(buffer)[:min(len(buffer), self.left)]) if self.left else 0
         self.left -= count or 0
         return count or 0

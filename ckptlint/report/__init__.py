@@ -1,11 +1,16 @@
 """Reporters: pure functions from a Report to text; one module per format, imported on use."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from functools import partial
 from importlib import import_module
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from ckptlint.errors import ConfigError
-from ckptlint.results import Report
+
+if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
+    from ckptlint.results import Report
 
 FORMATS = {
     "text": "ckptlint.report.text:render_text",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from ckptlint.results import Diagnosis
 from ckptlint.severity import severity_rank
+
+if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
+    from ckptlint.results import Diagnosis
 
 
 def tensor_list(diagnosis: Diagnosis, limit: int) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from ckptlint.results import Report
-from ckptlint.severity import SEVERITIES
+from ckptlint.numbers import human_count, percent
 from ckptlint.report.diagnosis import tensor_list
-from ckptlint.report.numbers import human_count, percent
+from ckptlint.severity import SEVERITIES
+
+if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
+    from ckptlint.results import Report
 
 COMMANDS = {"error": "error", "warning": "warning", "info": "notice"}
 MAX_NAMED_TENSORS = 50  # an annotation's message names this many of a diagnosis's tensors
@@ -53,13 +56,14 @@ def render_step_summary(report: Report) -> str:
              (f" · {len(report.errors)} unreadable" if report.errors else "") +
              (f" · {len(report.suppressed)} in baseline" if report.suppressed else ""), ""]
     if report.transfer is not None:
-        lines += [f"Transfer score: **{percent(report.transfer['score'])}** (judged as {report.transfer['expect']})",
+        lines += [f"Transfer score: **{percent(report.transfer.score)}** (judged as {report.transfer.expect})",
                   "", "| stage | score |", "| --- | --- |"]
-        lines += [f"| {stage} | {percent(row['score'])} |" for stage, row in report.transfer["by_stage"].items()]
+        lines += [f"| {stage} | {percent(row.score)} |" for stage, row in report.transfer.by_stage.items()]
         lines.append("")
     if report.diagnoses:
         lines += ["| severity | cause | tensors | parameters | fix |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {d.severity} | {_cell(d.title)} | {len(d.tensors)} | {human_count(d.parameters)} | {_cell(d.fix)} |"
+        lines += [f"| {d.severity} | {_cell(d.title)} | {len(d.tensors)} | {human_count(d.parameters)} "
+                  f"| {_cell(d.fix)} |"
                   for d in report.diagnoses]
         lines.append("")
     undiagnosed = set(report.undiagnosed)

@@ -7,17 +7,21 @@ Autoescaping is on because tensor keys come from hostile files.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 import ckptlint
-from ckptlint.results import Diagnosis, Report
+from ckptlint.numbers import human_count, percent
 from ckptlint.severity import SEVERITIES
-from ckptlint.report.numbers import human_count, percent
+from ckptlint.vocabulary import VERDICTS
 
-# Worst first: a module shows the worst verdict among its tensors.
-VERDICT_ORDER = ("missing", "unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
+if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
+    from ckptlint.results import Diagnosis, Report
+
+# Worst first: a module shows the worst verdict among its tensors; "unmatched" marks an in-scope
+# target tensor without a pretrained source (as in the score table).
+VERDICT_ORDER = ("unmatched", *VERDICTS)
 HISTOGRAM_WIDTH, HISTOGRAM_HEIGHT = 240, 60
 
 def _number(value: Any) -> Any:
@@ -88,9 +92,8 @@ def view_model(report: Report) -> dict[str, Any]:
     verdicts_by_file: dict[str, dict[str, str]] = defaultdict(dict)
     for pair in report.pairs:
         verdicts_by_file[pair.file][pair.target] = pair.verdict
-    for finding in report.findings:
-        if finding.name == "unmatched-target-key" and finding.key:
-            verdicts_by_file[finding.file][finding.key] = "missing"
+    for file, target in (report.transfer.by_file.items() if report.transfer else ()):
+        verdicts_by_file[file].update(dict.fromkeys(target.unmatched, "unmatched"))
     return {
         "version": ckptlint.__version__,
         "passed": report.ok,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ckptlint
-from ckptlint.results import Diagnosis, Report
+
+if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
+    from ckptlint.results import Diagnosis, Report
 
 SCHEMA_VERSION = 1
 
@@ -31,7 +33,7 @@ def report_data(report: Report) -> dict[str, Any]:
         "errors": [asdict(e) for e in report.errors],
         "suppressed": [asdict(f) for f in report.suppressed],
         "pairs": [asdict(p) for p in report.pairs],
-        "transfer": report.transfer,
+        "transfer": asdict(report.transfer) if report.transfer else None,
     }
 
 

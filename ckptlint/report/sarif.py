@@ -4,14 +4,16 @@ result per diagnosis (under the rule of its worst findings) and one per finding 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import ckptlint
 from ckptlint.identity import diagnosis_fingerprint, finding_fingerprint, relative_path
-from ckptlint.results import Diagnosis, Finding, Report
-from ckptlint.severity import severity_rank
 from ckptlint.report.diagnosis import primary_code, tensor_list
+from ckptlint.severity import severity_rank
+
+if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
+    from ckptlint.results import Diagnosis, Finding, Report
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://pypi.org/project/ckptlint/"

@@ -5,11 +5,13 @@ then a one-line summary. Verbose: every finding and how each transfer was judged
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ckptlint.results import Diagnosis, FileSummary, Finding, Report
+from ckptlint.numbers import human_count, percent
 from ckptlint.severity import SEVERITIES, severity_rank
-from ckptlint.report.numbers import human_count, percent
+
+if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
+    from ckptlint.results import Diagnosis, FileSummary, Finding, Report, RunTransfer, TargetTransfer
 
 # How the file line counts a transfer's pairs that are not plain copies.
 VERDICT_PHRASES = {"fine-tuned": "fine-tuned", "cast": "cast", "modified": "changed", "resized": "resized",
@@ -21,19 +23,19 @@ def _finding_line(finding: Finding) -> str:
     return f"  {finding.severity:<8} {finding.code} {finding.name:<24} {subject}{finding.message}"
 
 
-def _judgement_lines(described: dict[str, Any]) -> list[str]:
+def _judgement_lines(described: TargetTransfer) -> list[str]:
     """How a target's transfer was judged: the expectation and why, what was frozen, and the
     modules outside the scope that are expected to be new."""
-    expect = "a fine-tuned descendant" if described["expect"] == "finetuned" else "a copy"
-    lines = [f"  judged as {expect} of the pretrained backbone {described['scope'] or '(the whole model)'}: "
-             f"{described['expect_reason']}"]
-    if described["frozen_reason"]:
-        lines.append(f"  frozen during training: {described['frozen_reason']}")
-    outside = described["outside_scope"]
-    if outside["tensors"]:
+    expect = "a fine-tuned descendant" if described.expect == "finetuned" else "a copy"
+    lines = [f"  judged as {expect} of the pretrained backbone {described.scope or '(the whole model)'}: "
+             f"{described.expect_reason}"]
+    if described.frozen_reason:
+        lines.append(f"  frozen during training: {described.frozen_reason}")
+    outside = described.outside_scope
+    if outside.tensors:
         lines.append(f"  outside the transfer scope, expected to be new (not judged as fresh init): "
-                     f"{', '.join(outside['modules'])} ({outside['tensors']} tensors, "
-                     f"{human_count(outside['parameters'])} parameters)")
+                     f"{', '.join(outside.modules)} ({outside.tensors} tensors, "
+                     f"{human_count(outside.parameters)} parameters)")
     return lines
 
 
@@ -56,8 +58,8 @@ def _file_line(summary: FileSummary, findings: list[Finding], report: Report) ->
     role = ", pretrained" if summary.role == "pretrained" else ""
     threshold = severity_rank(report.fail_on)
     status = "FAILED" if any(severity_rank(f.severity) >= threshold for f in findings) else "OK"
-    described = report.transfer["by_file"].get(summary.path) if report.transfer else None
-    if described is not None and described["score"] is not None:
+    described = report.transfer.by_file.get(summary.path) if report.transfer else None
+    if described is not None and described.score is not None:
         verdict = f"{status}, {_transfer_phrase(described, summary.path, report)}"
     else:
         verdict = f"{status}, {_counts(findings)}" if findings else "no findings"
@@ -65,17 +67,17 @@ def _file_line(summary: FileSummary, findings: list[Finding], report: Report) ->
             f"{human_count(summary.parameters)} parameters{role}): {verdict}")
 
 
-def _transfer_phrase(described: dict[str, Any], path: str, report: Report) -> str:
+def _transfer_phrase(described: TargetTransfer, path: str, report: Report) -> str:
     """``backbone transfer 100.0% of 98.8k parameters carried, 42 tensors fine-tuned
     (judged as fine-tuned)``."""
-    scope = described["scope"]
+    scope = described.scope
     verdicts = Counter(p.verdict for p in report.pairs if p.file == path and p.verdict in VERDICT_PHRASES
                        and (not scope or p.target.startswith(scope + ".")))
     changed = [f"{n} {'tensors ' if i == 0 else ''}{VERDICT_PHRASES[v]}"
                for i, (v, n) in enumerate(sorted(verdicts.items(), key=lambda kv: (-kv[1], kv[0])))]
-    judged = "fine-tuned" if described["expect"] == "finetuned" else "a copy"
-    return (f"{'backbone ' if scope else ''}transfer {percent(described['score'])} of "
-            f"{human_count(described['parameters'])} parameters carried"
+    judged = "fine-tuned" if described.expect == "finetuned" else "a copy"
+    return (f"{'backbone ' if scope else ''}transfer {percent(described.score)} of "
+            f"{human_count(described.parameters)} parameters carried"
             f"{''.join(', ' + c for c in changed)} (judged as {judged})")
 
 
@@ -91,13 +93,13 @@ def render_text(report: Report, verbose: bool = False) -> str:
     lines: list[str] = [f"FAILED: {why}"] if why else []
     with_file = len({d.file for d in report.diagnoses}) > 1
     lines += [_diagnosis_line(d, with_file) for d in report.diagnoses]
-    transfers = report.transfer["by_file"] if report.transfer else {}
+    transfers = report.transfer.by_file if report.transfer else {}
     for summary in report.files:
         lines.append(_file_line(summary, by_file[summary.path], report))
         if summary.path in transfers:
             judgement = _judgement_lines(transfers[summary.path])
             # A fine-tuned verdict passes tensors that differ: always say why it was judged so.
-            lines += judgement if verbose else judgement[:1] if transfers[summary.path]["expect"] == "finetuned" else []
+            lines += judgement if verbose else judgement[:1] if transfers[summary.path].expect == "finetuned" else []
         if summary.key_mapping:
             lines.append(f"  {summary.key_mapping['description']}")
         lines += [_finding_line(f) for f in listed.pop(summary.path, [])]
@@ -123,14 +125,14 @@ def tally_line(report: Report) -> str:
     return f"{tally} in {checked} file{'s' if checked != 1 else ''}{unreadable}.{baseline}"
 
 
-def _transfer_table(transfer: dict[str, Any]) -> list[str]:
+def _transfer_table(transfer: RunTransfer) -> list[str]:
     """Per-stage share of the parameters that should come from the pretrained file and did, with
     the verdict counts; the rows sum to the total."""
-    lines = ["", f"Transfer: {percent(transfer['score'])} of {human_count(transfer['parameters'])} parameters "
-                 f"faithfully carried (by tensors: {percent(transfer['score_by_tensors'])} of {transfer['tensors']})",
+    lines = ["", f"Transfer: {percent(transfer.score)} of {human_count(transfer.parameters)} parameters "
+                 f"faithfully carried (by tensors: {percent(transfer.score_by_tensors)} of {transfer.tensors})",
              f"  {'stage':<8} {'score':>7} {'params':>8} {'tensors':>7}  verdicts"]
-    for stage, row in transfer["by_stage"].items():
-        verdicts = ", ".join(f"{n} {v}" for v, n in row["verdicts"].items())
-        score = percent(row["score"]) if row["score"] is not None else "-"
-        lines.append(f"  {stage:<8} {score:>7} {human_count(row['parameters']):>8} {row['tensors']:>7}  {verdicts}")
+    for stage, row in transfer.by_stage.items():
+        verdicts = ", ".join(f"{n} {v}" for v, n in row.verdicts.items())
+        score = percent(row.score)
+        lines.append(f"  {stage:<8} {score:>7} {human_count(row.parameters):>8} {row.tensors:>7}  {verdicts}")
     return lines + [""]

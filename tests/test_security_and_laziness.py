@@ -6,13 +6,20 @@ import os
 import pickle
 import subprocess
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
+from ckptlint.io.checkpoint import Checkpoint
+from ckptlint.io.open import open_checkpoint
 from ckptlint.options import Options
-from ckptlint.runner import check_paths
-from ckptlint.engine.selection import Selection
+from ckptlint.results import Report
+from ckptlint.runner import run_jobs
+from ckptlint.selection import Selection
 from conftest import CASES, run_subprocess
 
 
@@ -59,27 +66,73 @@ def test_cli_and_library_never_import_torch() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_shape_only_rules_read_no_tensor_bytes(monkeypatch) -> None:
-    from ckptlint.io.checkpoint import Checkpoint
+@dataclass
+class ReadLog:
+    """What a run read: how often each key was read, and the checkpoint it read from."""
 
-    read_calls: list[str] = []
+    reads: Counter[str]
+    checkpoint: Checkpoint
+
+    @property
+    def read_once(self) -> bool:
+        """Every key read was read exactly once."""
+        return set(self.reads.values()) <= {1}
+
+
+def _lint_logging_reads(monkeypatch: pytest.MonkeyPatch, path: Path, options: Options) -> tuple[Report, ReadLog]:
+    """Check one file with ``options``, counting each call of ``Checkpoint.read`` per key.
+
+    The checkpoint is opened here and handed to the runner, so its ``bytes_read`` can be looked at
+    afterwards even when nothing was read."""
+    reads: Counter[str] = Counter()
     real_read = Checkpoint.read
-    monkeypatch.setattr(Checkpoint, "read", lambda self, key: read_calls.append(key) or real_read(self, key))
-    path = str(CASES / "bn-stats-dropped" / "detr.pth")
-    report = check_paths([path], Options(selection=Selection(select=("missing-bn-stats", "unsafe-pickle")),
-                                         hash_files=False))
-    assert {f.name for f in report.findings} == {"missing-bn-stats"}
-    assert read_calls == []
-    report = check_paths([path], Options(selection=Selection(select=("non-finite",)), hash_files=False))
-    assert len(read_calls) == report.files[0].tensors  # each tensor read exactly once
+
+    def counting_read(self: Checkpoint, key: str) -> np.ndarray:
+        reads[key] += 1
+        return real_read(self, key)
+
+    monkeypatch.setattr(Checkpoint, "read", counting_read)
+    checkpoint = open_checkpoint(str(path))
+    report = run_jobs([([checkpoint], options)])
+    return report, ReadLog(reads, checkpoint)
 
 
-def test_value_facts_share_one_read_per_tensor(monkeypatch) -> None:
-    from ckptlint.io.checkpoint import Checkpoint
+def _float_keys(checkpoint: Checkpoint) -> set[str]:
+    """The keys of the checkpoint's floating-point tensors (the ones value rules look at)."""
+    return {key for key, ref in checkpoint.tensors.items() if ref.dtype.is_float}
 
-    calls: list[str] = []
-    real_read = Checkpoint.read
-    monkeypatch.setattr(Checkpoint, "read", lambda self, key: calls.append(key) or real_read(self, key))
-    path = str(CASES / "init-weights" / "model.safetensors")
-    check_paths([path], Options(hash_files=False))
-    assert sorted(calls) == sorted(set(calls))
+
+def _nbytes(checkpoint: Checkpoint, keys: set[str]) -> int:
+    """The bytes these tensors hold (what reading each of them once costs)."""
+    return sum(checkpoint.tensors[key].nbytes for key in keys)
+
+
+def test_shape_only_rules_read_no_tensor_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rules that need only shapes and names judge the file without reading a single value."""
+    options = Options(selection=Selection(select=("missing-bn-stats", "unsafe-pickle")), hash_files=False)
+    report, log = _lint_logging_reads(monkeypatch, CASES / "bn-stats-dropped" / "detr.pth", options)
+    assert {f.name for f in report.findings} == {"missing-bn-stats"}  # the rules did run
+    assert log.reads == Counter()
+    assert log.checkpoint.bytes_read == 0
+
+
+def test_a_value_rule_reads_every_tensor_exactly_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """non-finite needs every float tensor's values: each is read once, and only its own bytes."""
+    options = Options(selection=Selection(select=("non-finite",)), hash_files=False)
+    report, log = _lint_logging_reads(monkeypatch, CASES / "bn-stats-dropped" / "detr.pth", options)
+    assert report.files[0].tensors == 452
+    assert set(log.reads) == _float_keys(log.checkpoint) == set(log.checkpoint.tensors)  # all 452 are float32
+    assert log.read_once, [key for key, n in log.reads.items() if n > 1]
+    assert log.checkpoint.bytes_read == _nbytes(log.checkpoint, set(log.reads)) == 551_984
+
+
+def test_value_facts_share_one_read_per_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rule on: the value facts of all of them come from one read of each float tensor;
+    the integer step counter (num_batches_tracked) is never read."""
+    report, log = _lint_logging_reads(monkeypatch, CASES / "init-weights" / "model.safetensors",
+                                      Options(hash_files=False))
+    assert report.files[0].tensors == 14
+    assert set(log.reads) == _float_keys(log.checkpoint)
+    assert len(log.reads) == 13 and "features.1.num_batches_tracked" not in log.reads
+    assert log.read_once, [key for key, n in log.reads.items() if n > 1]
+    assert log.checkpoint.bytes_read == _nbytes(log.checkpoint, set(log.reads)) == 180_520

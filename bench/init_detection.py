@@ -22,11 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_init_detection import (FAMILIES, PACKAGES, FetchError, accepted, fresh_draws,  # noqa: E402
-                                 judged_weights, package_files)
-
 from ckptlint.facts import iid  # noqa: E402
-from ckptlint.facts.init_fingerprint import matching_inits, ks_fits  # noqa: E402
+from ckptlint.facts.init_fingerprint import ks_fits, matching_inits  # noqa: E402
+from test_init_detection import FAMILIES, PACKAGES, FetchError, accepted, fresh_draws, judged_weights, package_files  # noqa: E402
 
 
 def real_weights() -> None:

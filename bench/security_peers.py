@@ -145,8 +145,8 @@ def case_table(verdicts: dict[str, dict[str, str]], malicious: list[Path], cases
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--venv", type=Path, default=Path(os.environ.get("CKPTLINT_PEERS_VENV",
-                                                                           "/tmp/ckptlint-peers-venv")))
+    default_venv = os.environ.get("CKPTLINT_PEERS_VENV", "/tmp/ckptlint-peers-venv")  # noqa: S108 - documented default
+    parser.add_argument("--venv", type=Path, default=Path(default_venv))
     parser.add_argument("--keep", type=Path, help="write the files here and keep them")
     parser.add_argument("--output", type=Path, help="also write the markdown here")
     args = parser.parse_args()

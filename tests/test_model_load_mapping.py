@@ -150,10 +150,10 @@ def test_report_says_the_mapping_was_applied(detr) -> None:
     folder, spec = detr
     report = ckptlint.lint(str(folder), model=spec)
     (summary,) = report.files
-    assert summary.key_mapping["loader"] == f"transformers {transformers.__version__}"  # type: ignore[attr-defined]
+    assert summary.key_mapping["loader"] == f"transformers {transformers.__version__}"
     assert "keys renamed as transformers" in report.render("text")
     cli = run_subprocess("check", str(folder), "--model", spec, "--format", "json", "--no-hash", cwd=folder.parent)
-    assert cli.json["files"][0]["key_mapping"]["renamed"] == summary.key_mapping["renamed"]  # type: ignore
+    assert cli.json["files"][0]["key_mapping"]["renamed"] == summary.key_mapping["renamed"]
 
 
 def test_planted_problems_agree_with_transformers(detr, run) -> None:
@@ -198,7 +198,7 @@ def test_plain_torch_model_is_compared_as_before(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(tmp_path)
     spec = _factory(tmp_path, PLAIN_FACTORY)
     with load_model(spec) as model:
-        assert model.load_mapping is None  # type: ignore[attr-defined]
+        assert model.load_mapping is None
         state = {key: torch.zeros(model.tensors[key].shape) for key in model.tensors}
     state["1.gamma"] = state.pop("1.weight")  # transformers would rename this; plain torch does not
     state["2.weight"] = torch.zeros(3, 8)

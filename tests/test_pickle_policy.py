@@ -25,16 +25,22 @@ import pytest
 
 import malicious_corpus as corpus
 from ckptlint import lint
-from ckptlint.options import Options
-from ckptlint.runner import check_paths
-from ckptlint.engine.selection import Selection
 from ckptlint.facts import security
 from ckptlint.io.dtypes import DTYPES
 from ckptlint.io.open import open_checkpoint
 from ckptlint.io.pickle_opcodes import PickleSource, opcode_table
 from ckptlint.io.pickle_walk import HANDLERS, NAMED, walk
-from ckptlint.io.unpickler import (ALLOWLIST, CELLS_PER_BYTE, MAX_GLOBALS, RestrictedUnpickler, _Ledger,
-                                   storage_descriptor)
+from ckptlint.io.unpickler import (
+    ALLOWLIST,
+    CELLS_PER_BYTE,
+    MAX_GLOBALS,
+    RestrictedUnpickler,
+    _Ledger,
+    storage_descriptor,
+)
+from ckptlint.options import Options
+from ckptlint.runner import check_paths
+from ckptlint.selection import Selection
 from conftest import CASES
 
 torch = pytest.importorskip("torch")  # the corpora are written with torch.save, and torch proves them live
@@ -161,7 +167,8 @@ def test_a_denylisted_global_is_unsafe_even_only_passed_along(tmp_path: Path) ->
     (corpus.call(corpus.call(corpus.glob("builtins", "getattr"),
                              corpus.call(corpus.glob("importlib", "import_module"), corpus.text("os")),
                              corpus.text("system")), corpus.text("x")), ("os.system", "calls", "builtins.getattr")),
-    (corpus.call(corpus.call(corpus.glob("operator", "attrgetter"), corpus.text("path.join")), corpus.glob("os", "sep")),
+    (corpus.call(corpus.call(corpus.glob("operator", "attrgetter"), corpus.text("path.join")),
+                 corpus.glob("os", "sep")),
      ("os.sep.path.join", "names", "operator.attrgetter")),
     (corpus.method_call("load", corpus.call(corpus.glob("builtins", "__import__"), corpus.text("torch"))),
      ("torch.load", "calls", "_operator.methodcaller")),
@@ -205,7 +212,7 @@ def test_allow_globals_never_overrules_the_denylist(run) -> None:
 
 @pytest.mark.parametrize("value", ["os", "mymodule.*", "a b.c", 3])
 def test_allow_globals_are_exact_names(value: object) -> None:
-    with pytest.raises(Exception, match="allow-globals must be a list of exact module.name globals"):
+    with pytest.raises(Exception, match=r"allow-globals must be a list of exact module\.name globals"):
         lint(str(CASES / "pickle-os-system" / "model.pt"), allow_globals=[value])
 
 
@@ -270,7 +277,8 @@ def test_amplification_bombs_are_refused_with_a_clear_error(tmp_path: Path) -> N
 def _build_on(target: bytes) -> bytes:
     """BUILD with a dict state on ``target``: on a shared object, a real loader changes it for
     everything loaded after; ours must not."""
-    return target + corpus.dict_of((corpus.text("kind"), corpus.text("int")), (corpus.text("itemsize"), b"K\x01")) + b"b"
+    state = corpus.dict_of((corpus.text("kind"), corpus.text("int")), (corpus.text("itemsize"), b"K\x01"))
+    return target + state + b"b"
 
 
 @pytest.mark.parametrize("target, named", [
@@ -322,7 +330,8 @@ def test_the_walk_handles_every_opcode() -> None:
 
 def _sample_pickles(built: list[corpus.CorpusFile], benign: list[Path]) -> list[bytes]:
     found = []
-    for path in [item.path for item in built if item.path.suffix == ".pt"] + [p for p in benign if "legacy" not in p.name]:
+    paths = [item.path for item in built if item.path.suffix == ".pt"] + [p for p in benign if "legacy" not in p.name]
+    for path in paths:
         with zipfile.ZipFile(path) as archive:
             found += [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
     objects = [{"a": [1, 2.5, "x", b"y", None, True, (1,), {3}, frozenset(), bytearray(b"z")]}, 10 ** 40, "ü" * 300,
@@ -360,7 +369,7 @@ def test_what_the_unpickler_sees_invoked_the_walk_saw_first(built: list[corpus.C
         ledger = _Ledger("x")
         try:
             RestrictedUnpickler(io.BytesIO(walk(io.BytesIO(data), ledger)), ledger, lambda pid: pid).load()
-        except Exception:  # noqa: BLE001 - corpus pickles fail on purpose
+        except Exception:  # noqa: BLE001, S110 - corpus pickles fail on purpose
             pass
         for key, uses in ledger.found.items():
             if uses.runtime:

@@ -61,7 +61,8 @@ def test_one_frozen_batchnorm_statistic_changed_is_frozen_param_changed(reallibs
 def test_r101_loaded_from_r50_weights_fails_on_exactly_the_blocks_nobody_loaded(reallibs_scenarios) -> None:
     code, report = _run(reallibs_scenarios, "detr-r101-from-r50", "actual_source")
     assert code == 1
-    unmatched = {f["key"] for f in report["findings"] if f["name"] == "unmatched-target-key" and f["severity"] == "error"}
+    unmatched = {f["key"] for f in report["findings"]
+                 if f["name"] == "unmatched-target-key" and f["severity"] == "error"}
     layer3_blocks = {key.split(".")[4] for key in unmatched}
     assert {key.split(".")[3] for key in unmatched} == {"layer3"} and layer3_blocks == {str(b) for b in range(6, 23)}
     assert not any(f["name"] == "not-transferred" for f in report["findings"])
@@ -115,6 +116,6 @@ def test_the_hf_detr_preset_gives_no_false_frozen_findings(reallibs_scenarios, d
 
 @pytest.mark.parametrize("version", [4, 5])
 def test_a_resized_classifier_head_gets_one_cause(reallibs_scenarios, version: int) -> None:
-    code, report = _run(reallibs_scenarios, f"hf{version}-labels2-from10")
+    _, report = _run(reallibs_scenarios, f"hf{version}-labels2-from10")
     causes = {f["key"]: f["evidence"]["cause"] for f in report["findings"] if f["name"] == "shape-mismatch"}
     assert causes == {"class_labels_classifier.weight": "smaller", "class_labels_classifier.bias": "smaller"}

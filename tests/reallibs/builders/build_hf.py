@@ -27,17 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from transformers import (DetrConfig, DetrForObjectDetection, ResNetConfig,  # noqa: E402
-                          ResNetForImageClassification, ResNetModel)
+import numpy as np
+import timm
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig, ResNetForImageClassification, ResNetModel
 
-from common import (Manifest, make_trained_looking, random_images, relative_l2, seed_everything,  # noqa: E402
-                    setup, state_summary)
+from common import Manifest, make_trained_looking, random_images, relative_l2, seed_everything, setup, state_summary
 
 MAJOR = int(transformers.__version__.split(".")[0])
 SEEDS = {"timm-r50": 5000, "hfresnet-r50": 5001, "detr-timm": 7000, "detr-hfresnet": 7001,
@@ -321,7 +319,8 @@ def main() -> int:
     detr2.save_pretrained(out / name2)
     sd2 = detr2.state_dict()
     with safe_open(str(out / name10 / "model.safetensors"), "pt") as f:
-        mismatched = [k for k in f.keys() if k in sd2 and tuple(f.get_slice(k).get_shape()) != tuple(sd2[k].shape)]
+        mismatched = [k for k in f.keys()  # noqa: SIM118 - safe_open is not a dict: it cannot be iterated
+                      if k in sd2 and tuple(f.get_slice(k).get_shape()) != tuple(sd2[k].shape)]
     manifest.add(name2, kind="target", files={"target": name2, "pretrained": name10},
                  checks=[{"target": "target", "pretrained": "pretrained"}],
                  layout="Hugging Face model folder (save_pretrained)",

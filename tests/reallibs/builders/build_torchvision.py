@@ -17,14 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+import numpy as np
+import torch
+import torchvision
 
-from common import (Manifest, make_trained_looking, random_images, relative_l2, seed_everything,  # noqa: E402
-                    setup, state_summary)
-from detr_original import (NestedTensor, build_detr, criterion, default_args, param_dicts,  # noqa: E402
-                           random_targets)
+from common import Manifest, make_trained_looking, random_images, relative_l2, seed_everything, setup, state_summary
+from detr_original import NestedTensor, build_detr, criterion, default_args, param_dicts, random_targets
 
 SEEDS = {"tv-r50": 50, "tv-r50-other": 5050, "tv-r101": 101, "detr": 42, "finetune": 4242}
 FINETUNE = {"steps": 10, "batch": 2, "image_size": 128, "lr": 1e-4, "lr_backbone": 2e-4,

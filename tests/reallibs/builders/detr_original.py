@@ -47,7 +47,7 @@ class BackboneBase(nn.Module):
                  return_interm_layers: bool):
         super().__init__()
         for name, parameter in backbone.named_parameters():
-            if not train_backbone or "layer2" not in name and "layer3" not in name and "layer4" not in name:
+            if not train_backbone or ("layer2" not in name and "layer3" not in name and "layer4" not in name):
                 parameter.requires_grad_(False)
         if return_interm_layers:
             return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
@@ -254,7 +254,7 @@ class MLP(nn.Module):
         super().__init__()
         self.num_layers = num_layers
         h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim], strict=True))
 
     def forward(self, x):
         for i, layer in enumerate(self.layers):
@@ -284,7 +284,7 @@ class DETR(nn.Module):
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}
-                                  for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
+                                  for a, b in zip(outputs_class[:-1], outputs_coord[:-1], strict=True)]
         return out
 
 
@@ -360,12 +360,12 @@ def _set_loss(outputs: dict, targets: list[dict], args: argparse.Namespace, num_
     batch_idx = torch.cat([torch.full((len(src),), i) for i, (src, _) in enumerate(indices)])
     src_idx = torch.cat([torch.as_tensor(src) for src, _ in indices])
     target_classes = torch.full((bs, nq), num_classes, dtype=torch.long)
-    target_classes[batch_idx, src_idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+    target_classes[batch_idx, src_idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
     weight = torch.ones(num_classes + 1)
     weight[-1] = args.eos_coef
     loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, weight)
     src_boxes = boxes[batch_idx, src_idx]
-    tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
+    tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
     n = max(len(tgt_boxes), 1)
     loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / n
     loss_giou = (1 - torch.diag(generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),

@@ -1,7 +1,10 @@
 """ckptlint's benchmark: generates its own inputs, then measures every figure as a ratio taken
 side by side in one run (absolute times on shared machines drift; ratios much less).
 
-    python bench/run.py [--workdir DIR] [--repeat N] [--skip-big]
+    python bench/run.py [--workdir DIR] [--repeat N] [--skip-big] [--skip-real | --only-real]
+
+(h) times real-structure DETR-R50 checkpoints, fresh and fine-tuned, built by the original DETR code
+with torchvision in the tests' side venv (bench/real_detr.py), and profiles the fresh text check.
 
 Needs torch (to write checkpoints and to time the plain-PyTorch script). Prints a markdown table.
 """
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import real_detr
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,12 +149,39 @@ def main() -> None:
     parser.add_argument("--workdir", help="where to write the generated checkpoints (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=7, help="runs per timing; the median is kept")
     parser.add_argument("--skip-big", action="store_true", help="skip the 4 GB memory measurement")
+    real = parser.add_mutually_exclusive_group()
+    real.add_argument("--skip-real", action="store_true", help="skip the real-structure DETR-R50 cases (h)")
+    real.add_argument("--only-real", action="store_true", help="run only the real-structure DETR-R50 cases (h)")
     args = parser.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="ckptlint-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str, str]] = []
 
     byte_compile_ckptlint()
+    if not args.only_real:
+        rows.extend(synthetic_rows(args))
+    profile = None
+    if not args.skip_real:
+        log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+        rows.extend(real_detr.rows(CKPTLINT, FLOOR_SCRIPT, args.repeat, log=log))
+        if not rows[-1][1].startswith("skipped"):
+            profile = real_detr.profile("fresh", log=log)
+
+    print(f"\nckptlint benchmark — {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"torch {torch.__version__}, numpy {np.__version__}; median of {args.repeat} runs\n")
+    print("| measurement | times | ratio | target |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if profile:
+        print("\nWhere the time goes: `ckptlint check` of the fresh DETR-R50 (text), in-process under cProfile, "
+              "top 15 by cumulative time\n")
+        print(profile.strip())
+
+
+def synthetic_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Rows (a) to (g), on inputs generated here."""
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="ckptlint-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str, str]] = []
     detr, resnet = full_size_detr(work)
     check = [*CKPTLINT, "check", str(detr), "--pretrained", str(resnet)]
     # Each ratio's two commands take turns on their own: a torch run in between would leave the
@@ -198,13 +229,7 @@ def main() -> None:
 
     seconds = alignment_seconds()
     rows.append(("(g) alignment alone, two 100,000-key checkpoints", f"{seconds:.2f} s", "-", "a few seconds"))
-
-    print(f"\nckptlint benchmark — {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"torch {torch.__version__}, numpy {np.__version__}; median of {args.repeat} runs\n")
-    print("| measurement | times | ratio | target |")
-    print("| --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    return rows
 
 
 if __name__ == "__main__":

@@ -110,10 +110,10 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     from ckptlint.progress import Progress
     from ckptlint.report.github import render_step_summary
     from ckptlint.report.text import tally_line
+    from ckptlint.results import Report
     from ckptlint.runner import run_jobs
 
-    if verbose and fmt != "text":
-        raise click.UsageError(f"--verbose changes only the text report, not --format {fmt}")
+    render = renderer(fmt, verbose)  # before the run: --verbose with another format is an error now
     settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
     for name in ("select", "ignore"):
         if name in settings:
@@ -123,8 +123,8 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     # Only the JSON report shows the files' SHA-256 (hashing reads every byte), only HTML draws histograms.
     jobs = resolve_jobs(paths, settings, load_config(config_path), hash_files=fmt == "json" and not no_hash,
                         histograms=fmt == "html")
-    report = run_jobs(jobs, progress=Progress(sys.stderr))
-    _emit(renderer(fmt, verbose)(report), output)
+    report: Report = run_jobs(jobs, progress=Progress(sys.stderr))
+    _emit(render(report), output)
     if write_baseline:
         write_atomically(write_baseline, render_baseline(report.findings + report.suppressed, report.source_root))
     if fmt == "github" and os.environ.get("GITHUB_STEP_SUMMARY"):
@@ -151,9 +151,10 @@ def list_rules(fmt: str) -> int:
     if fmt == "markdown":
         click.echo(markdown_table(rules), nl=False)
         return 0
+    header_width = max((len(rule.header) for rule in rules), default=0)
     for rule in rules:
         summary = textwrap.shorten(rule.docs["what"], 90)
-        click.echo(f"{rule.code}  {rule.name:<24} {rule.severity:<8} {rule.header:<28} {summary}")
+        click.echo(f"{rule.code}  {rule.name:<24} {rule.severity:<8} {rule.header:<{header_width}} {summary}")
     return 0
 
 

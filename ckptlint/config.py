@@ -120,7 +120,25 @@ def _validated(config: Config) -> Config:
     pretrained_somewhere = config.settings.get("pretrained") or next(
         (target["pretrained"] for target in targets if "pretrained" in target), None)
     check_needs_pretrained(config.settings, pretrained_somewhere, config.path)
+    _check_rule_names(config)
     return config
+
+
+RULE_SETTINGS = ("select", "ignore", "severity", "params", "per-key-ignores")
+
+
+def _check_rule_names(config: Config) -> None:
+    """Rule names and parameters exist only once the rules are loaded: checked here too, so that
+    a misspelt one in the file names the file."""
+    from ckptlint.engine.registry import load_all_rules
+
+    named = {name: value for name, value in config.settings.items() if name in RULE_SETTINGS}
+    if not named:
+        return
+    try:
+        Options.from_settings(named, hash_files=False, source=config.path).selection.enabled(load_all_rules())
+    except ConfigError as exc:
+        raise ConfigError(exc.message, config.path) from None
 
 
 def _absolute(settings: dict[str, Any], folder: Path) -> dict[str, Any]:

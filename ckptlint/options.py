@@ -59,11 +59,11 @@ def _path(name: str, value: Any) -> str:
 
 
 def _pretrained(name: str, value: Any) -> str | Checkpoint:
-    """A path, or a checkpoint ``lint()`` built from an object in memory. Options are shared by
-    every stage and import none when they are imported: the reading stage is asked only here."""
-    from ckptlint.io.checkpoint import Checkpoint
-
-    return value if isinstance(value, Checkpoint) else _path(name, value)
+    """A path, or a checkpoint ``lint()`` built from an object in memory (it has ``tensors`` and
+    ``read``, as every reader's result does). Options are shared by every stage and import none."""
+    if hasattr(value, "tensors") and hasattr(value, "read"):
+        return value
+    return _path(name, value)
 
 
 def _number(name: str, value: Any, low: float, high: float = math.inf) -> float:
@@ -274,5 +274,10 @@ def _params_with_min_score(settings: Mapping[str, Any]) -> dict[str, dict[str, A
     """Rule parameters; ``min-score`` is low-transfer-score's ``min_score``."""
     params = {rule: dict(values) for rule, values in settings.get("params", {}).items()}
     if "min-score" in settings:
+        for name in ("low-transfer-score", "CKP209"):
+            given = params.get(name, {}).get("min_score", settings["min-score"])
+            if given != settings["min-score"]:
+                raise ConfigError(f"min-score {settings['min-score']:g} and params for {name}: min_score {given!r} "
+                                  "say two things: give one")
         params.setdefault("low-transfer-score", {})["min_score"] = settings["min-score"]
     return params

@@ -9,10 +9,21 @@ from ckptlint.config import check_setting_names, job_settings, load_config
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.memory import memory_checkpoint
 from ckptlint.options import SETTINGS, Options, check_settings
+from ckptlint.report import renderer
 from ckptlint.results import Report
 from ckptlint.runner import run_jobs
 
 PathLike = (str, os.PathLike)
+
+
+class LintReport(Report):
+    """What ``lint()`` returns: the report's data (a ``Report``), and ``render`` in any format.
+    Rendering lives here, with the caller, so the data does not depend on its reporters."""
+
+    def render(self, fmt: str = "text", verbose: bool = False) -> str:
+        """The report as ``text``, ``json``, ``sarif``, ``html`` or ``github``; ``verbose``: the
+        text report lists every finding and how each transfer was judged."""
+        return renderer(fmt, verbose)(self)
 
 
 def _source(obj: Any, label: str, key: str | None) -> str | Checkpoint:
@@ -20,7 +31,7 @@ def _source(obj: Any, label: str, key: str | None) -> str | Checkpoint:
     return os.fspath(obj) if isinstance(obj, PathLike) else memory_checkpoint(obj, label, key)
 
 
-def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = None, **options: Any) -> Report:
+def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = None, **options: Any) -> LintReport:
     """Lint ``target`` (against ``pretrained``), exactly as ``ckptlint check`` would.
 
     ``target`` and ``pretrained`` may each be a path, a state dict of torch tensors or numpy
@@ -44,4 +55,4 @@ def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = Non
         settings["pretrained"] = _source(settings["pretrained"], "<pretrained>", settings.get("pretrained-key"))
     # the report may be rendered as HTML later: keep its histograms
     chosen = Options.from_settings(settings, hash_files=False, histograms=True)
-    return run_jobs([([_source(target, "<target>", chosen.key)], chosen)])
+    return run_jobs([([_source(target, "<target>", chosen.key)], chosen)], report_type=LintReport)

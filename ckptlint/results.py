@@ -189,13 +189,6 @@ class Report:
         covered = {finding for diagnosis in self.diagnoses for finding in diagnosis.findings}
         return [f for f in self.findings if f not in covered]
 
-    def render(self, fmt: str = "text", verbose: bool = False) -> str:
-        """The report as ``text``, ``json``, ``sarif``, ``html`` or ``github``; ``verbose``: the
-        text report lists every finding and how each transfer was judged."""
-        from ckptlint.report import renderer  # the reporters import this module
-
-        return renderer(fmt, verbose)(self)
-
     def why_failed(self) -> str | None:
         """One line saying why the check fails (None when it passes)."""
         parts = []

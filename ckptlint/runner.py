@@ -6,16 +6,15 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from functools import cache
+from typing import TypeVar
 
 from ckptlint.align.transfer import align_transfer
 from ckptlint.diagnose import diagnose
 from ckptlint.engine.evaluate import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.registry import load_all_rules
-from ckptlint.engine.rules import Rule
-from ckptlint.errors import CheckpointError, ConfigError
+from ckptlint.errors import CheckpointError, ConfigError, RuleError
 from ckptlint.facts.checkpoint import CheckpointFacts
-from ckptlint.facts.model_reference import ModelContext
+from ckptlint.facts.model_reference import ModelReference
 from ckptlint.facts.score import ScoreEntry, score_summary
 from ckptlint.facts.transfer import TransferAnalysis, transfer_facts
 from ckptlint.identity import find_source_root
@@ -29,13 +28,8 @@ from ckptlint.results import FileSummary, Finding, PairRecord, ReadError, Report
 from ckptlint.user_model import load_model
 
 MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
+ReportT = TypeVar("ReportT", bound=Report)
 DEBUG_ENV = "CKPTLINT_DEBUG"  # set: an unexpected exception while checking a file is raised, not recorded
-
-
-@cache
-def _rules() -> list[Rule]:
-    """Every rule (shipped and from installed packs), loaded once per process."""
-    return load_all_rules()
 
 
 def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str, progress: Progress) -> FileSummary:
@@ -57,7 +51,7 @@ class _Job:
         self.options = options
         self.report = report
         self.progress = progress
-        self.evaluator = Evaluator(_rules(), options.selection, options.allow_globals)
+        self.evaluator = Evaluator(load_all_rules(), options.selection, options.allow_globals)
         self.findings: list[Finding] = []
         self.score_entries: list[ScoreEntry] = []
         self.by_file: dict[str, TargetTransfer] = {}  # how each target's transfer was judged
@@ -67,10 +61,11 @@ class _Job:
         """One file's failure is one error entry and the run goes on; the security rules still
         judge what its pickles named (``pickle_globals``, or those a CheckpointError carries). An
         exception ckptlint did not expect is that file's internal error — raised instead when
-        CKPTLINT_DEBUG is set, so that the tests fail on it. A usage error stops the whole run."""
+        CKPTLINT_DEBUG is set, so that the tests fail on it. A usage error or a broken rule stops
+        the whole run: neither is about the file."""
         try:
             yield
-        except ConfigError:
+        except (ConfigError, RuleError):
             raise
         except CheckpointError as exc:
             self.report.errors.append(ReadError(exc.path or path, exc.message))
@@ -147,10 +142,10 @@ class _Job:
             self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
             facts = CheckpointFacts(checkpoint)
             transfer = self._analyse_transfer(facts, pretrained) if pretrained else None
-            model_context = ModelContext(checkpoint, model) if model else None
-            if model_context is not None and model_context.mapping is not None:
-                self.report.files[-1] = replace(self.report.files[-1], key_mapping=model_context.mapping.summary())
-            references = [r for r in (transfer, model_context) if r]
+            model_reference = ModelReference(checkpoint, model) if model else None
+            if model_reference is not None and model_reference.mapping is not None:
+                self.report.files[-1] = replace(self.report.files[-1], key_mapping=model_reference.mapping.summary())
+            references = [r for r in (transfer, model_reference) if r]
             self.findings += check_checkpoint(self.evaluator, facts, path, references, self.progress)
             judged = transfer
         if judged is not None:
@@ -177,11 +172,11 @@ class _Job:
 
 
 def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_root: str | None = None,
-             progress: Progress | None = None) -> Report:
-    """Check each group of paths with its options; one report for all of them."""
+             progress: Progress | None = None, report_type: type[ReportT] = Report) -> ReportT:  # type: ignore[assignment]  # mypy cannot default a TypeVar
+    """Check each group of paths with its options; one report (a ``report_type``) for all of them."""
     progress = progress or NoProgress()
-    report = Report(fail_on=jobs[0][1].fail_on if jobs else "error",
-                    source_root=source_root or find_source_root())
+    report = report_type(fail_on=jobs[0][1].fail_on if jobs else "error",
+                         source_root=source_root or find_source_root())
     entries: list[ScoreEntry] = []
     by_file: dict[str, TargetTransfer] = {}
     for paths, options in jobs:

@@ -22,6 +22,32 @@ def _unknown(ident: str, known: Iterable[str], what: str) -> ConfigError:
     return ConfigError(f"unknown {what} {ident!r}{hint}")
 
 
+def _same_kind(default: Any, value: Any) -> bool:
+    """A number for a number (int or float, never a bool), a string for a string, and so on."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    if isinstance(default, list):
+        return isinstance(value, list) and all(_same_kind(default[0], item) for item in value) if default else True
+    return isinstance(value, type(default))
+
+
+def _parameter_problem(default: Any, value: Any, allowed: tuple[str, ...] | None) -> str | None:
+    """Why an override of a rule parameter cannot work, or None: it must be of its default's
+    kind, and a parameter the rule compares with a fact must hold values that fact takes."""
+    if not _same_kind(default, value):
+        return f"must be like its default {default!r}, not {value!r}"
+    if allowed is None:
+        return None
+    for item in value if isinstance(value, list) else [value]:
+        if item not in allowed:
+            close = difflib.get_close_matches(str(item), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"holds {item!r}, which is none of {', '.join(allowed)}{hint}"
+    return None
+
+
 @dataclass(frozen=True)
 class Selection:
     """Rule choice and finding decisions. Rules are named by name or code everywhere.
@@ -38,6 +64,10 @@ class Selection:
     per_key_ignores: dict[str, tuple[str, ...]] = field(default_factory=dict)
     baseline: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.baseline, frozenset) and all(isinstance(f, str) for f in self.baseline)):
+            raise ConfigError(f"a baseline is a set of finding fingerprints, not {self.baseline!r}")
+
     def enabled(self, rules: Iterable[Rule]) -> list[Rule]:
         rules = list(rules)
         by_ident = {ident: rule for rule in rules for ident in (rule.name, rule.code)}
@@ -47,9 +77,13 @@ class Selection:
             if ident not in by_ident:
                 raise _unknown(ident, by_ident, "rule")
         for ident, values in self.params.items():
-            for param in values:
-                if param not in by_ident[ident].params:
-                    raise _unknown(param, by_ident[ident].params, f"parameter of {ident}")
+            rule = by_ident[ident]
+            for param, value in values.items():
+                if param not in rule.params:
+                    raise _unknown(param, rule.params, f"parameter of {ident}")
+                problem = _parameter_problem(rule.params[param], value, rule.param_values.get(param))
+                if problem:
+                    raise ConfigError(f"params for {ident}: {param} {problem}")
 
         def chosen(rule: Rule) -> bool:
             picked = not self.select or rule.name in self.select or rule.code in self.select

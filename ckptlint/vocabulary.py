@@ -19,15 +19,15 @@ MODULE_KINDS = ("container", "conv", "linear", "batchnorm", "frozen_batchnorm", 
 # A pair's verdict, from the worst to the best (a module shows the worst among its tensors).
 VERDICTS = ("unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
 CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
-# What the score says of a tensor the target should carry but has no pair for.
-UNPAIRED_VERDICTS = ("missing", "unmatched")
 SETTLED_EXPECTATIONS = ("copied", "finetuned")  # what "auto" settles to
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "other")
 SHAPE_CAUSES = ("rank", "adapt_input_conv", "input_channels", "kernel_resized", "sliced", "smaller", "other")
 TRANSFER_ROLES = ("paired", "unmatched", "outside-scope")
 FILE_ROLES = ("target", "pretrained")
-DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64", "int32",
-               "int16", "int8", "uint8", "bool", "complex64", "complex128")
+DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+               "float8_e5m2fnuz", "float8_e8m0fnu", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16",
+               "uint8", "bool", "complex64", "complex128")  # every element type the readers read (io/dtypes.py)
+DTYPE_KINDS = ("float", "int", "bool", "complex")
 
 # --- the rule header ------------------------------------------------------------------------
 
@@ -87,6 +87,7 @@ _DTYPE_FACTS = {(name, fact): DTYPE_NAMES for name, fact in (
 VALUES: Mapping[tuple[str, str], tuple[str, ...]] = MappingProxyType({
     **_KIND_FACTS,
     **_DTYPE_FACTS,
+    **{(name, "dtype_kind"): DTYPE_KINDS for name in ("tensor", "target", "source")},
     ("module", "kind"): MODULE_KINDS,
     ("pair", "verdict"): VERDICTS,
     ("pair", "expect"): SETTLED_EXPECTATIONS,
@@ -100,12 +101,27 @@ VALUES: Mapping[tuple[str, str], tuple[str, ...]] = MappingProxyType({
 })
 
 
+def values_in_scope(subject: str, reference: str | None) -> dict[tuple[str, str], tuple[str, ...]]:
+    """VALUES, narrowed by the rule's header: a pretrained-pair rule never sees a model pair, a
+    target's tensor lies in a target file."""
+    values = dict(VALUES)
+    values[("pair", "reference")] = (reference,) if reference else REFERENCES
+    if subject == "file":
+        values[("file", "role")] = ("pretrained",) if reference == "pretrained" else FILE_ROLES
+    else:
+        values[("file", "role")] = ("target",)
+    return values
+
+
 def names_in_scope(subject: str, reference: str | None, only_in: str | None) -> dict[str, frozenset[str]]:
     """Each name a rule's expressions may use (besides ``params`` and, in messages, ``evidence``)
     and the facts it offers, for a rule with this header."""
     # the file a subject lies in (a transfer's is the target, already named by its facts)
     names: dict[str, frozenset[str]] = {} if subject == "transfer" else {"file": FILE}
     if subject == "pickle-global":
+        # a pickle is judged in files that could not be read, and in a folder's other pickles:
+        # of its file only the path is always known
+        names["file"] = frozenset({"path"})
         names["pickle_global"] = PICKLE_GLOBAL
     elif subject == "tensor":
         extra: frozenset[str] = frozenset()

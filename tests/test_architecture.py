@@ -1,6 +1,6 @@
 """The pipeline reads one way: io -> graph -> align -> facts -> engine -> diagnose -> report.
 
-Each module's imports as Python runs them (module level, outside ``if TYPE_CHECKING:``) are read
+Each module's imports (module level and inside functions, outside ``if TYPE_CHECKING:``) are read
 from its source; a stage may import its own and earlier stages and the shared data modules, and
 the import graph has no cycle. docs/architecture.md draws the same picture.
 """
@@ -31,23 +31,21 @@ def _is_type_checking(node: ast.If) -> bool:
 
 
 def _runtime_imports(path: Path) -> set[str]:
-    """ckptlint modules imported when ``path`` is imported (function bodies and TYPE_CHECKING
-    blocks excluded: they do not run at import)."""
+    """ckptlint modules ``path`` imports, at module level or inside a function (a lazy import is
+    a dependency all the same); only ``if TYPE_CHECKING:`` blocks are left out (they never run)."""
     found: set[str] = set()
-    body = list(ast.parse(path.read_text("utf-8")).body)
-    while body:
-        node = body.pop()
-        if isinstance(node, ast.If) and not _is_type_checking(node):
-            body += node.body + node.orelse
-        elif isinstance(node, ast.Try):
-            body += node.body + node.orelse + node.finalbody + [h for h in node.handlers]
-        elif isinstance(node, ast.ExceptHandler):
-            body += node.body
-        elif isinstance(node, ast.Import):
+    nodes: list[ast.AST] = [ast.parse(path.read_text("utf-8"))]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            nodes += node.orelse
+            continue
+        if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("ckptlint")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ckptlint"):
             found.add(node.module)
             found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        nodes += ast.iter_child_nodes(node)
     return found
 
 
@@ -104,6 +102,7 @@ def test_the_import_walk_sees_imports() -> None:
     graph = _graph()
     assert graph.has_edge("ckptlint.runner", "ckptlint.align.transfer")
     assert graph.has_edge("ckptlint.facts.transfer", "ckptlint.align.transfer")
+    assert graph.has_edge("ckptlint.cli", "ckptlint.runner")  # imported inside a command: counted too
     assert not graph.has_edge("ckptlint.report.text", "ckptlint.results")  # annotations only
 
 

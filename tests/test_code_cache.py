@@ -135,3 +135,16 @@ def test_cache_entries_are_private_and_reports_follow_the_umask(tmp_path: Path, 
     finally:
         os.umask(previous)
     assert stat.S_IMODE(report.stat().st_mode) == 0o644
+
+
+def test_what_the_checks_derived_is_kept_with_the_code(tmp_path: Path, cache: Path, parses: list[str]) -> None:
+    """A rule taken from the cache knows which values its parameters may hold, as a parsed one does."""
+    folder = tmp_path / "rules"
+    rule_text = GOOD_RULE.format(condition="tensor.module_kind in params.kinds").replace(
+        'subject = "file"', 'subject = "tensor"') + '\n[params]\nkinds = ["conv"]\n'
+    write_rule(folder, rule_text)
+    parsed = load_rules_from(folder)[0]
+    parses.clear()
+    cached = load_rules_from(folder)[0]
+    assert parses == [] and len(list(cache.glob("*.code"))) == 1  # really from the cache
+    assert parsed.param_values["kinds"] == cached.param_values["kinds"] and "linear" in cached.param_values["kinds"]

@@ -78,6 +78,37 @@ def test_a_flat_rule_file_is_an_error_saying_rules_are_folders(tmp_path: Path) -
     assert caught.value.path == str(folder / "always.toml")
 
 
+
+def test_a_rule_folder_without_rule_toml_is_an_error(tmp_path: Path) -> None:
+    """A misspelt rule file must not load as zero rules."""
+    folder = tmp_path / "rules"
+    write_rule(folder, GOOD_RULE.format(condition="true"))
+    misspelt = folder / "ACME001-x"
+    misspelt.mkdir()
+    (misspelt / "rules.toml").write_text(GOOD_RULE.format(condition="true"))
+    with pytest.raises(RuleError, match=r"a rule folder must hold rule.toml \(found: rules.toml\)") as caught:
+        load_rules_from(folder)
+    assert caught.value.path == str(misspelt)
+
+
+def test_a_rule_folder_must_be_named_code_dash_name(tmp_path: Path) -> None:
+    folder = tmp_path / "rules"
+    write_rule(folder, GOOD_RULE.format(condition="true"), folder="XYZ001-alwys")
+    with pytest.raises(RuleError, match="must be named XYZ001-always, not XYZ001-alwys") as caught:
+        load_rules_from(folder)
+    assert caught.value.path == str(folder / "XYZ001-alwys")
+
+
+def test_a_correct_rules_folder_loads_without_false_alarms(tmp_path: Path) -> None:
+    """__pycache__ and dot-folders are not rule folders; a well-named folder with rule.toml loads."""
+    folder = tmp_path / "rules"
+    write_rule(folder, GOOD_RULE.format(condition="true"))
+    (folder / "__pycache__").mkdir()
+    (folder / ".git").mkdir()
+    (folder / "README.md").write_text("not a rule")
+    assert [rule.code for rule in load_rules_from(folder)] == ["XYZ001"]
+
+
 CASE = '''
 description = """A file in which the rule
 fires."""

@@ -21,7 +21,7 @@ from transformers import DetrForObjectDetection
 
 import ckptlint
 from ckptlint.facts.checkpoint import CheckpointFacts
-from ckptlint.facts.model_reference import ModelContext
+from ckptlint.facts.model_reference import ModelReference
 from ckptlint.io.open import open_checkpoint
 from ckptlint.user_model import load_model
 from conftest import run_subprocess
@@ -90,14 +90,14 @@ def _ckptlint_says(findings: list, folder: Path, spec: str) -> tuple[set[str], s
     context = _context(folder, spec)
     missing = {f.key for f in findings if f.name == "missing-key"}
     unexpected = {context.mapping.name(f.key) for f in findings if f.name == "unexpected-key"}
-    mismatched = {f.evidence["pretrained"]: (tuple(f.evidence["target_shape"]), tuple(f.evidence["pretrained_shape"]))
+    mismatched = {f.evidence["source"]: (tuple(f.evidence["target_shape"]), tuple(f.evidence["source_shape"]))
                   for f in findings if f.name == "shape-mismatch"}
     return missing, unexpected, mismatched
 
 
-def _context(folder: Path, spec: str) -> ModelContext:
+def _context(folder: Path, spec: str) -> ModelReference:
     with load_model(spec) as model, open_checkpoint(str(folder)) as target:
-        return ModelContext(target, CheckpointFacts(model))
+        return ModelReference(target, CheckpointFacts(model))
 
 
 def _findings(report: ckptlint.Report) -> set[tuple[str, str | None]]:
@@ -207,7 +207,7 @@ def test_plain_torch_model_is_compared_as_before(tmp_path: Path, monkeypatch: py
     assert {(f.name, f.key) for f in report.findings if f.name in KEY_RULES} == {
         ("missing-key", "1.weight"), ("unexpected-key", "1.gamma"), ("shape-mismatch", "2.weight")}
     (mismatch,) = [f for f in report.findings if f.name == "shape-mismatch"]
-    assert mismatch.evidence["pretrained"] == "2.weight"
+    assert mismatch.evidence["source"] == "2.weight"
 
 
 def test_transformers_is_imported_only_by_the_users_factory(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ version = "1.0"
 [project.entry-points."ckptlint.rules"]
 acme = "{entry_point}"
 [tool.setuptools.package-data]
-"*" = ["*.toml", "*/rule.toml"]
+"*" = ["*.toml", "*/*.toml"]
 ''')
     site = tmp_path / f"site-{name}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
@@ -89,3 +89,20 @@ def test_pack_with_a_flat_rule_file_says_rules_are_folders(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "rule pack 'flat-pack': a rule is a folder now: move this file to acme/rule.toml" in result.stderr
     assert "acme.toml" in result.stderr
+
+
+def test_pack_with_a_misspelt_rule_file_is_an_error(tmp_path: Path) -> None:
+    """``ACME001-acme-huge-tensor/rules.toml`` is not zero rules: the folder lacks rule.toml."""
+    site = _install_pack(tmp_path, "typo-pack", "typo_pack", rule_file="ACME001-acme-huge-tensor/rules.toml")
+    result = _ckptlint(site, "rules")
+    assert result.returncode == 2
+    assert "rule pack 'typo-pack': a rule folder must hold rule.toml (found: rules.toml)" in result.stderr
+    assert "ACME001-acme-huge-tensor" in result.stderr
+
+
+def test_pack_rule_folder_named_other_than_code_and_name_is_an_error(tmp_path: Path) -> None:
+    site = _install_pack(tmp_path, "misnamed-pack", "misnamed_pack", rule_file="ACME001-x/rule.toml")
+    result = _ckptlint(site, "rules")
+    assert result.returncode == 2
+    assert "rule pack 'misnamed-pack': the folder of rule ACME001 (acme-huge-tensor) must be named " \
+           "ACME001-acme-huge-tensor, not ACME001-x" in result.stderr

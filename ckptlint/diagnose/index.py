@@ -12,8 +12,9 @@ from typing import Any
 
 from ckptlint.diagnose.cover import KeyTree, parent
 from ckptlint.diagnose.prefix import missed_prefix
-from ckptlint.facts.pair import CARRIED, COUNTER_LEAF
+from ckptlint.facts.pair import COUNTER_LEAF
 from ckptlint.results import Finding, PairRecord, TargetTransfer
+from ckptlint.vocabulary import CARRIED
 
 # Module-scope rules judge BatchNorm statistics: their findings are about these tensors.
 MODULE_TENSORS = ("running_mean", "running_var")
@@ -39,7 +40,7 @@ def _numel(evidence: dict[str, Any]) -> int:
     """A tensor's size from the evidence rules record for unpaired keys."""
     if isinstance(evidence.get("numel"), int):
         return evidence["numel"]
-    for name in ("shape", "pretrained_shape"):
+    for name in ("shape", "source_shape"):  # the reference's size, as a pair counts it
         if isinstance(evidence.get(name), list):
             return math.prod(evidence[name])
     return 0

@@ -21,25 +21,26 @@ import os
 import stat
 from pathlib import Path
 from types import CodeType
+from typing import Any
 
 import jinja2
 
 import ckptlint
-from ckptlint import vocabulary
-from ckptlint.engine import vocabulary_check
 from ckptlint.output import replace_atomically
 
 
-def _vocabulary_digest() -> str:
-    """Stored code skipped the load-time vocabulary check: a changed vocabulary must miss."""
+def _checks_digest() -> str:
+    """Stored code skipped the load-time checks (``rules.py``, ``vocabulary_check.py``, the
+    vocabulary itself): when any of them changes, the stored code must miss."""
+    here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for module in (vocabulary, vocabulary_check):
-        digest.update(Path(module.__file__ or "").read_bytes())
+    for path in (here / "rules.py", here / "vocabulary_check.py", here.parent / "vocabulary.py"):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
 VERSIONS = (f"{ckptlint.__version__}|{jinja2.__version__}|{importlib.util.MAGIC_NUMBER.hex()}"
-            f"|{_vocabulary_digest()}")
+            f"|{_checks_digest()}")
 DIGEST_SIZE = 32
 
 
@@ -68,8 +69,13 @@ def _entry(folder: Path, text: str) -> Path:
     return folder / (hashlib.sha256(f"{VERSIONS}\0{text}".encode()).hexdigest()[:40] + ".code")
 
 
-def load(text: str) -> dict[str, CodeType] | None:
-    """The code stored for the rule file whose text is ``text``, or None."""
+# Beside the code, what the load-time checks derived from the parsed rule (plain data).
+DERIVED = "derived"
+
+
+def load(text: str) -> dict[str, Any] | None:
+    """The code stored for the rule file whose text is ``text`` (and, under DERIVED, what the
+    checks derived from it), or None."""
     folder = cache_dir()
     if folder is None or not _private(folder):
         return None
@@ -84,11 +90,12 @@ def load(text: str) -> dict[str, CodeType] | None:
         codes = marshal.loads(payload)  # noqa: S302 - our own bytes: a private folder and a matching SHA-256
     except (EOFError, ValueError, TypeError):
         return None
-    valid = isinstance(codes, dict) and all(isinstance(c, CodeType) for c in codes.values())
+    valid = isinstance(codes, dict) and all(isinstance(c, CodeType) or (k == DERIVED and isinstance(c, dict))
+                                            for k, c in codes.items())
     return codes if valid else None
 
 
-def store(text: str, codes: dict[str, CodeType]) -> None:
+def store(text: str, codes: dict[str, Any]) -> None:
     """Keep ``codes`` for the rule file whose text is ``text`` (atomically; failures ignored)."""
     folder = cache_dir()
     if folder is None:

@@ -1,4 +1,4 @@
-"""Run the enabled rules over a checkpoint's facts, scope by scope, and collect findings."""
+"""Run the enabled rules over a checkpoint's facts, subject by subject, and collect findings."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def plain(value: Any) -> Any:
 
 
 class Evaluator:
-    """The enabled rules, grouped by scope, and how to turn a true condition into a Finding."""
+    """The enabled rules, grouped by subject, and how to turn a true condition into a Finding."""
 
     def __init__(self, rules: Iterable[Rule], selection: Selection, allow_globals: Iterable[str] = ()) -> None:
         self.selection = selection

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import replace
+from functools import cache
 from importlib import metadata, resources
 from pathlib import Path
 from types import ModuleType
@@ -56,8 +57,10 @@ def pack_folders() -> list[tuple[str, Path]]:
 
 
 def load_rules_from(folder: Path, package: str | None = None) -> list[Rule]:
-    """Every rule folder in ``folder``. A rule file lying flat in it is the layout of ckptlint
-    before rules were folders: an error saying how to move it, not a rule silently skipped."""
+    """Every rule folder in ``folder``: each subfolder (but ``__pycache__`` and dot-folders) is one,
+    holding ``rule.toml`` and named ``<CODE>-<name>`` after the rule it holds. A rule file lying flat
+    in ``folder`` is the layout of ckptlint before rules were folders: an error saying how to move
+    it. Nothing in a rules folder is skipped silently: a misspelt ``rule.toml`` is an error too."""
     owner = f"rule pack {package!r}: " if package else ""
     if not folder.is_dir():
         raise RuleError(f"{owner}rule folder not found", str(folder))
@@ -66,12 +69,21 @@ def load_rules_from(folder: Path, package: str | None = None) -> list[Rule]:
         stem = flat[0].stem
         raise RuleError(f"{owner}a rule is a folder now: move this file to {stem}/rule.toml "
                         f"(and its cases to {stem}/cases/)", str(flat[0]))
-    return [load_rule_folder(path.parent) for path in sorted(folder.glob("*/rule.toml"))]
+    return [load_rule_folder(sub, owner) for sub in sorted(folder.iterdir())
+            if sub.is_dir() and sub.name != "__pycache__" and not sub.name.startswith(".")]
 
 
-def load_rule_folder(folder: Path) -> Rule:
-    """``folder/rule.toml``, its example taken from the case it names."""
+def load_rule_folder(folder: Path, owner: str = "") -> Rule:
+    """``folder/rule.toml``, its example taken from the case it names; the folder must be named
+    ``<CODE>-<name>`` after the rule."""
+    if not (folder / "rule.toml").is_file():
+        found = ", ".join(sorted(p.name for p in folder.glob("*.toml"))) or "no .toml file"
+        raise RuleError(f"{owner}a rule folder must hold rule.toml (found: {found})", str(folder))
     rule = load_rule_file(folder / "rule.toml")
+    expected = f"{rule.code}-{rule.name}"
+    if folder.name != expected:
+        raise RuleError(f"{owner}the folder of rule {rule.code} ({rule.name}) must be named {expected}, "
+                        f"not {folder.name}", str(folder))
     return replace(rule, docs={**rule.docs, "example": example_text(rule, folder)})
 
 
@@ -99,9 +111,11 @@ def example_text(rule: Rule, folder: Path) -> str:
     return " ".join(description.split())
 
 
-def load_all_rules(extra_folders: tuple[Path, ...] = ()) -> list[Rule]:
-    """Every rule, sorted by code; two rules may not share a code or a name."""
-    sources = [(None, builtin_rules_dir()), *pack_folders(), *((None, f) for f in extra_folders)]
+@cache
+def load_all_rules() -> list[Rule]:
+    """Every rule (shipped and from installed packs), sorted by code; two rules may not share a code
+    or a name. Loaded once per process: every caller shares the list, which must not be changed."""
+    sources = [(None, builtin_rules_dir()), *pack_folders()]
     rules = [rule for package, folder in sources for rule in load_rules_from(folder, package)]
     seen: dict[str, Rule] = {}
     for rule in rules:

@@ -17,10 +17,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ckptlint._toml import tomllib
 from ckptlint.engine import code_cache
-from ckptlint.engine.vocabulary_check import check_expression
+from ckptlint.engine.vocabulary_check import check_expression, compared_parameters
 from ckptlint.errors import RuleError
 from ckptlint.severity import SEVERITIES
-from ckptlint.vocabulary import ONLY_IN, REFERENCES, SUBJECTS, names_in_scope
+from ckptlint.vocabulary import ONLY_IN, REFERENCES, SUBJECTS, names_in_scope, values_in_scope
 
 # The references a rule of each subject may name (None: it runs whatever the reference, or
 # without one). A tensor rule with a reference judges tensors on one side only (``only_in``).
@@ -115,6 +115,16 @@ class MessageTemplate(_Compiled):
 
 
 @dataclass(frozen=True)
+class RuleVocabulary:
+    """What one rule's expressions may say, given its header (see ckptlint/vocabulary.py)."""
+
+    names: dict[str, frozenset[str]]  # name -> the facts it offers
+    values: dict[tuple[str, str], tuple[str, ...]]  # (name, fact) -> the values it takes
+    params: dict[str, Any]  # the rule's declared parameters
+    evidence: frozenset[str]  # what a message may read from ``evidence``
+
+
+@dataclass(frozen=True)
 class SeverityOverride:
     severity: str
     when: Callable[..., Any]
@@ -132,6 +142,7 @@ class Rule:
     only_in: str | None  # a tensor subject with a reference: "target" or "reference" side only
     docs: dict[str, str]
     params: dict[str, Any]
+    param_values: dict[str, tuple[str, ...]]  # a parameter compared with a fact -> the values it may hold
     tags: tuple[str, ...]
     security_severity: str | None
     source: str
@@ -195,35 +206,41 @@ def load_rule_file(path: Path) -> Rule:
            "severity_if entries need a severity and a `when` condition", where)
     cached = code_cache.load(text)
     names = {**names_in_scope(subject, reference, only_in), "params": frozenset(params)}
-    compiler = Compiler(where, cached or {}, names)
-    compiler.evidence_names = frozenset(evidence)
+    compiler = Compiler(where, cached or {}, RuleVocabulary(names, values_in_scope(subject, reference), params,
+                                                            frozenset(evidence)))
+    condition = compiler.expression(data["condition"], "condition")
+    # filled as the expressions are parsed (the same dict), or what was derived when it was cached
+    stored = cached.get(code_cache.DERIVED, {}) if cached is not None else {}
+    param_values = compiler.param_values if cached is None else stored.get("param_values", {})
     rule = Rule(
         code=data["code"], name=data["name"], severity=data["severity"], subject=subject, reference=reference,
         only_in=only_in,
-        docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params,
+        docs={s: docs[s].strip() for s in DOC_SECTIONS}, params=params, param_values=param_values,
         tags=tuple(data.get("tags", ())), security_severity=data.get("security_severity"),
-        source=where, condition=compiler.expression(data["condition"], "condition"),
+        source=where, condition=condition,
         message=compiler.message(data["message"]),
         evidence={k: compiler.expression(v, f"evidence.{k}") for k, v in evidence.items()},
         severity_if=tuple(SeverityOverride(o["severity"], compiler.expression(o["when"], "severity_if"))
                           for o in overrides),
     )
     if cached is None:
-        code_cache.store(text, compiler.codes())
+        code_cache.store(text, {**compiler.codes(), code_cache.DERIVED: {"param_values": compiler.param_values}})
     return rule
 
 
 def _header(data: dict[str, Any], where: str) -> tuple[str, str | None, str | None]:
     """The subject a rule judges and its relation to a reference, checked together."""
     subject, reference, only_in = data["subject"], data.get("reference"), data.get("only_in")
-    _check(subject in REFERENCES_OF,
+    _check(isinstance(subject, str) and subject in REFERENCES_OF,
            f"subject must be one of {', '.join(REFERENCES_OF)}{_hint(subject, REFERENCES_OF)}", where)
     allowed = REFERENCES_OF[subject]
-    _check(reference in allowed, f"a {subject} rule's reference must be "
-           f"{' or '.join(r for r in allowed if r) or 'absent'}, not {reference!r}"
-           f"{_hint(reference, [r for r in allowed if r])}", where)
+    named = [r for r in allowed if r]
+    _check((reference is None or isinstance(reference, str)) and reference in allowed,
+           f"a {subject} rule's reference must be {' or '.join(named) or 'absent'}, not {reference!r}"
+           f"{_hint(reference, named)}", where)
     if subject == "tensor" and reference is not None:
-        _check(only_in in ONLY_IN, f"a tensor rule with a reference needs only_in = {' or '.join(ONLY_IN)} "
+        _check(isinstance(only_in, str) and only_in in ONLY_IN,
+               f"a tensor rule with a reference needs only_in = {' or '.join(ONLY_IN)} "
                "(tensors only the target has, or only the reference has)", where)
     else:
         _check(only_in is None, "only_in is for tensor rules with a reference", where)
@@ -244,14 +261,13 @@ class Compiler:
     """Makes one file's expressions and templates (a rule's, the diagnoses'), from cached code
     where there is some."""
 
-    def __init__(self, where: str, cached: dict[str, CodeType],
-                 names: dict[str, frozenset[str]] | None = None) -> None:
-        """``names``: the names a rule's expressions may use and the facts each offers; every
-        parsed expression and message is checked against them (None: not checked)."""
+    def __init__(self, where: str, cached: dict[str, CodeType], vocabulary: RuleVocabulary | None = None) -> None:
+        """``vocabulary``: what a rule's expressions may say; every parsed expression and message
+        is checked against it (None: not checked, as for the diagnoses)."""
         self.where = where
         self.cached = cached
-        self.names = names
-        self.evidence_names: frozenset[str] = frozenset()  # what a message may read from ``evidence``
+        self.vocabulary = vocabulary
+        self.param_values: dict[str, tuple[str, ...]] = {}  # see compared_parameters
         self.made: dict[str, tuple[_Compiled, str]] = {}
 
     def expression(self, source: Any, what: str) -> Expression:
@@ -276,10 +292,12 @@ class Compiler:
         return made
 
     def _vocabulary_problem(self, made: _Compiled, kind: type) -> str | None:
-        if self.names is None or made.tree is None:
+        vocabulary = self.vocabulary
+        if vocabulary is None or made.tree is None:
             return None
-        names = {**self.names, "evidence": self.evidence_names} if kind is MessageTemplate else self.names
-        return check_expression(made.tree, names)
+        names = {**vocabulary.names, "evidence": vocabulary.evidence} if kind is MessageTemplate else vocabulary.names
+        self.param_values.update(compared_parameters(made.tree, vocabulary.values))
+        return check_expression(made.tree, names, vocabulary.values, vocabulary.params)
 
     def codes(self) -> dict[str, CodeType]:
         """Every expression's and the message's code, to cache; compiling them all now also

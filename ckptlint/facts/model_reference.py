@@ -20,7 +20,7 @@ from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.load_mapping import AppliedMapping, LoadMapping
 
 
-class ModelContext:
+class ModelReference:
     """A Reference (see facts.transfer) built from the model's state dict."""
 
     name = "model"
@@ -28,7 +28,7 @@ class ModelContext:
     def __init__(self, target: Checkpoint, model_facts: CheckpointFacts) -> None:
         self.target, self.model = target, model_facts.checkpoint
         self.model_facts = model_facts  # shared by every target checked against the same model
-        load: LoadMapping | None = getattr(self.model, "load_mapping", None)  # set by model_factory
+        load: LoadMapping | None = getattr(self.model, "load_mapping", None)  # set by user_model
         self.mapping: AppliedMapping | None = load.apply(target.tensors, self.model.tensors) if load else None
         mapping = self.mapping or AppliedMapping("", 0)
         converted = mapping.converted
@@ -46,11 +46,10 @@ class ModelContext:
         return {}
 
     def pair_facts(self, key: str, target: TensorFacts) -> PairFacts | None:
-        """Only for a shape mismatch: equal shapes load fine, whatever the values."""
+        """Every checkpoint key and the model tensor it loads into: names, shapes and dtypes
+        (nothing is read unless a rule asks why a shape changed)."""
         name = self.loads_into.get(key)
-        if name is None or tuple(target["shape"]) == self.model.tensors[name].shape:
-            return None
-        return PairFacts(key, name, "model", target, self.model_facts.tensor(name))
+        return None if name is None else PairFacts(key, name, "model", target, self.model_facts.tensor(name))
 
     def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None:
         if key not in self.unexpected:

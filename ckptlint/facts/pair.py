@@ -114,11 +114,11 @@ class TransferPairFacts(PairFacts):
         self._want_histogram = histogram
         self.histogram: dict[str, list[float]] | None = None
 
-    def judge(self) -> str:
+    def judge(self) -> None:
         """Compare the values now (both sides are read once, the source side released) and
-        return the raw verdict; ``settle`` may still turn a drift into ``fine-tuned``."""
-        verdict: str = self["verdict"]
-        return verdict
+        decide the raw verdict, once; ``settle`` may still turn a drift into ``fine-tuned``."""
+        if "verdict" not in self._cache:
+            self._compare()
 
     def _compare(self) -> None:
         t_values, p_values = self.target_facts.array(), self.source_facts.array()

@@ -1,2 +1,2 @@
-"""Module graphs of checkpoints (and, with a pretrained checkpoint, their alignment)."""
+"""Module graphs of checkpoints: module-path nodes with their kind and tensors."""
 

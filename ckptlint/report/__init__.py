@@ -29,7 +29,7 @@ def renderer(fmt: str, verbose: bool = False) -> Callable[[Report], str]:
     if not verbose:
         return render
     if fmt != "text":
-        raise ConfigError(f"--verbose changes only the text report, not {fmt}")
+        raise ConfigError(f"--verbose changes only the text report, not --format {fmt}")
     return partial(render, verbose=True)
 
 

@@ -118,6 +118,16 @@ def tensor_series(work: Path, count: int) -> Path:
     return work / f"series_{count}.pt"
 
 
+def million_tiny_tensors(work: Path) -> Path:
+    """tests/test_hardening.py's million tiny tensors: 1,000 blocks of 1,000 two-value tensors."""
+    import safetensors.numpy
+
+    arrays = {f"blocks.{i // 1000}.unit{i % 1000}.scale": np.full(2, i % 7, dtype=np.float32) for i in range(1_000_000)}
+    arrays["blocks.3.unit5.scale"][0] = np.nan
+    safetensors.numpy.save_file(arrays, work / "million.safetensors")
+    return work / "million.safetensors"
+
+
 def big_checkpoint(work: Path) -> tuple[Path, int]:
     """About 4 GB in 16 tensors of 256 MB: the largest tensor bounds the memory, not the file."""
     gen = torch.Generator().manual_seed(1)
@@ -164,6 +174,7 @@ def main() -> None:
         rows.extend(real_detr.rows(CKPTLINT, FLOOR_SCRIPT, args.repeat, log=log))
         if not rows[-1][1].startswith("skipped"):
             profile = real_detr.profile("fresh", log=log)
+    rows.extend(importlib.import_module("pickle_only").rows(args.repeat, args.workdir))  # (j): bench/pickle_only.py
 
     print(f"\nckptlint benchmark — {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"torch {torch.__version__}, numpy {np.__version__}; median of {args.repeat} runs\n")
@@ -213,6 +224,16 @@ def synthetic_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     spread = max(per_tensor.values()) / min(per_tensor.values())
     rows.append(("(e) time per tensor at 1x, 4x, 16x tensors (4k, 16k, 64k)",
                  " / ".join(f"{v * 1e6:.0f} us" for v in per_tensor.values()), f"{spread:.2f}x spread", "<= 1.2x"))
+    million = million_tiny_tensors(work)  # one run: ~20-60 s
+    start = time.perf_counter()
+    rss = peak_rss_mb([*CKPTLINT, "check", str(million)])
+    seconds = time.perf_counter() - start
+    per_million = (seconds - baseline) / 1_000_000  # a million tensors: seconds and us per tensor alike
+    rows.append(("(e') a million tiny tensors (2 values each, safetensors): time, per tensor, peak memory",
+                 f"{seconds:.1f} s, {per_million * 1e6:.0f} us, {rss:.0f} MB",
+                 f"{per_million / statistics.median(per_tensor.values()):.2f}x (e)'s per tensor",
+                 "<= 12 s, <= 1200 MB"))
+    million.unlink()
 
     if not args.skip_big:
         big, largest = big_checkpoint(work)
@@ -229,6 +250,7 @@ def synthetic_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
 
     seconds = alignment_seconds()
     rows.append(("(g) alignment alone, two 100,000-key checkpoints", f"{seconds:.2f} s", "-", "a few seconds"))
+    rows.append(importlib.import_module("rule_eval").row())  # (i): bench/rule_eval.py
     return rows
 
 

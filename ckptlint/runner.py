@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ckptlint.align.transfer import align_transfer
 from ckptlint.diagnose import diagnose
 from ckptlint.engine.evaluate import Evaluator, check_checkpoint, check_pickle_globals
 from ckptlint.engine.registry import load_all_rules
 from ckptlint.errors import CheckpointError, ConfigError, RuleError
-from ckptlint.facts.checkpoint import CheckpointFacts
-from ckptlint.facts.model_reference import ModelReference
 from ckptlint.facts.score import ScoreEntry, score_summary
-from ckptlint.facts.transfer import TransferAnalysis, transfer_facts
 from ckptlint.identity import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.folder import pickle_files
@@ -25,33 +22,69 @@ from ckptlint.io.unpickler import PickleGlobal
 from ckptlint.options import Options
 from ckptlint.progress import NoProgress, Progress
 from ckptlint.results import FileSummary, Finding, PairRecord, ReadError, Report, RunTransfer, TargetTransfer
-from ckptlint.user_model import load_model
+from ckptlint.vocabulary import SUBJECTS
+
+# The align and facts stages (module graphs on networkx, tensor values on numpy) and a user's model
+# are imported where a file's check first needs them, not here: a run whose rules judge only pickle
+# globals needs none of them, and a pre-commit hook running it over many files would pay more for
+# the imports than for reading the pickles (see _Job.pickles_only).
+if TYPE_CHECKING:
+    from ckptlint.facts.checkpoint import CheckpointFacts
+    from ckptlint.facts.transfer import TransferAnalysis
 
 MAX_HISTOGRAMS = 200  # the HTML report draws at most this many value histograms
 ReportT = TypeVar("ReportT", bound=Report)
 DEBUG_ENV = "CKPTLINT_DEBUG"  # set: an unexpected exception while checking a file is raised, not recorded
 
 
-def _summary(path: str, checkpoint: Checkpoint, options: Options, role: str, progress: Progress) -> FileSummary:
-    digest = None
-    if options.hash_files and checkpoint.format != "memory":
-        progress.start(f"{path} (hashing)", checkpoint.total_bytes)
-        digest = checkpoint.sha256(progress.advance)
+def _summary(path: str, checkpoint: Checkpoint, role: str) -> FileSummary:
     return FileSummary(
         path=path, format=checkpoint.format, layout=checkpoint.layout, tensors=len(checkpoint.tensors),
-        parameters=checkpoint.parameter_count, bytes=checkpoint.total_bytes, sha256=digest,
+        parameters=checkpoint.parameter_count, bytes=checkpoint.total_bytes, sha256=None,
         stripped_prefix=checkpoint.stripped_prefix, role=role,
     )
+
+
+class _Hashes:
+    """Each file's SHA-256 (JSON reports give it), computed in a worker thread while the file is
+    checked: reading and hashlib release the GIL on large buffers, so hashing every byte costs the
+    check next to nothing, where hashing first once added ~30% to a DETR check."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[tuple[str, str], Future[str | None]] = {}  # (path, role) -> its digest
+
+    def start(self, summary: FileSummary, checkpoint: Checkpoint) -> None:
+        if checkpoint.format == "memory":
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptlint-sha256")
+        self._pending[(summary.path, summary.role)] = self._pool.submit(checkpoint.sha256)
+
+    def fill(self, files: list[FileSummary]) -> None:
+        """Put each digest into its file's summary (waiting for the last ones)."""
+        digests = {key: future.result() for key, future in self._pending.items()}
+        files[:] = [replace(f, sha256=digests.get((f.path, f.role))) for f in files]
+
+    def close(self) -> None:
+        """Stop hashing (a run that failed does not wait for digests nobody will read)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Job:
     """One group of paths checked with the same options, adding to a shared report."""
 
-    def __init__(self, options: Options, report: Report, progress: Progress) -> None:
+    def __init__(self, options: Options, report: Report, progress: Progress, hashes: _Hashes) -> None:
         self.options = options
         self.report = report
         self.progress = progress
+        self.hashes = hashes
         self.evaluator = Evaluator(load_all_rules(), options.selection, options.allow_globals)
+        # No reference, and the enabled rules judge nothing but pickle globals: a file's pickles
+        # are all its check needs (no module graph, no file or tensor facts).
+        self.pickles_only = (options.pretrained is None and not options.model
+                             and not any(self.evaluator.judging(s) for s in SUBJECTS if s != "pickle-global"))
         self.findings: list[Finding] = []
         self.score_entries: list[ScoreEntry] = []
         self.by_file: dict[str, TargetTransfer] = {}  # how each target's transfer was judged
@@ -108,23 +141,32 @@ class _Job:
                 pretrained = self.open(options.pretrained, options.pretrained_key)
                 if pretrained is not None:
                     stack.enter_context(pretrained)
-            model = stack.enter_context(load_model(options.model)) if options.model else None
+            model_facts = None
+            if options.model:
+                from ckptlint.facts.checkpoint import CheckpointFacts
+                from ckptlint.user_model import load_model
+
+                model_facts = CheckpointFacts(stack.enter_context(load_model(options.model)))
             pretrained_facts = self._describe_pretrained(pretrained) if pretrained else None
-            model_facts = CheckpointFacts(model) if model else None
             for source in sources:
                 checkpoint = self.open(source, options.key)
                 if checkpoint is not None:
                     with checkpoint:
-                        self._check(checkpoint.path, checkpoint, pretrained_facts, model_facts)
+                        if self.pickles_only:
+                            self._check_pickles(checkpoint.path, checkpoint)
+                        else:
+                            self._check(checkpoint.path, checkpoint, pretrained_facts, model_facts)
 
     def _describe_pretrained(self, pretrained: Checkpoint) -> CheckpointFacts | None:
         """The pretrained file's facts and its own block: its summary, its pickle's safety, its
         file rules (does it look trained at all?); once per run. None when it fails."""
+        from ckptlint.facts.checkpoint import CheckpointFacts
+
         with self._guard(pretrained.path):
             facts = CheckpointFacts(pretrained)
             if pretrained.path in {f.path for f in self.report.files if f.role == "pretrained"}:
                 return facts
-            self.report.files.append(_summary(pretrained.path, pretrained, self.options, "pretrained", self.progress))
+            self._add_summary(_summary(pretrained.path, pretrained, "pretrained"), pretrained)
             file_facts = facts.file_facts("pretrained")
             self.findings += check_pickle_globals(self.evaluator, pretrained.pickle_globals, pretrained.path,
                                                   file_facts, "pretrained")
@@ -133,13 +175,28 @@ class _Job:
             return facts
         return None
 
+    def _add_summary(self, summary: FileSummary, checkpoint: Checkpoint) -> None:
+        self.report.files.append(summary)
+        if self.options.hash_files:
+            self.hashes.start(summary, checkpoint)
+
+    def _check_pickles(self, path: str, checkpoint: Checkpoint) -> None:
+        """A file checked by pickle rules alone (``pickles_only``): its pickle globals are judged
+        as those of a file unreadable past its pickle are, seeing of the file only its path."""
+        with self._guard(path, checkpoint.pickle_globals):
+            self._add_summary(_summary(path, checkpoint, "target"), checkpoint)
+            self.findings += check_pickle_globals(self.evaluator, checkpoint.pickle_globals, path, {"path": path})
+
     def _check(self, path: str, checkpoint: Checkpoint, pretrained: CheckpointFacts | None,
                model: CheckpointFacts | None) -> None:
+        from ckptlint.facts.checkpoint import CheckpointFacts
+        from ckptlint.facts.model_reference import ModelReference
+
         judged = None
         # until its findings are in, a failure (a tensor's bytes turn out unreadable) loses them:
         # the guard judges the file's pickle globals then
         with self._guard(path, checkpoint.pickle_globals):
-            self.report.files.append(_summary(path, checkpoint, self.options, "target", self.progress))
+            self._add_summary(_summary(path, checkpoint, "target"), checkpoint)
             facts = CheckpointFacts(checkpoint)
             transfer = self._analyse_transfer(facts, pretrained) if pretrained else None
             model_reference = ModelReference(checkpoint, model) if model else None
@@ -153,12 +210,17 @@ class _Job:
 
     def _analyse_transfer(self, facts: CheckpointFacts, pretrained: CheckpointFacts) -> TransferAnalysis:
         """Align the target with the pretrained file, then judge every pair before any rule runs."""
+        from ckptlint.align.transfer import align_transfer
+        from ckptlint.facts.transfer import TransferAnalysis
+
         aligned = align_transfer(facts.checkpoint, pretrained.checkpoint, self.options.transfer)
         return TransferAnalysis(facts, pretrained, aligned, self.options.transfer, self.options.histograms)
 
     def _record_transfer(self, path: str, analysis: TransferAnalysis) -> None:
         """The pairs, the score and how the target was judged go into the report; the transfer
         rules judge the result."""
+        from ckptlint.facts.transfer import transfer_facts
+
         self.report.pairs += [PairRecord(path, p["target"], p["source"], p["how"], p["verdict"],
                                          p.summary(), p["numel"], p["module_kind"]) for p in analysis.pairs.values()]
         for pair in analysis.pairs.values():
@@ -179,17 +241,22 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_
                          source_root=source_root or find_source_root())
     entries: list[ScoreEntry] = []
     by_file: dict[str, TargetTransfer] = {}
-    for paths, options in jobs:
-        job = _Job(options, report, progress)
-        job.run(paths)
-        active, suppressed = options.selection.split_baseline(job.findings, report.source_root)
-        report.findings += active
-        report.suppressed += suppressed
-        entries += job.score_entries
-        by_file.update(job.by_file)
-        known = {rule["code"] for rule in report.rules}
-        report.rules += [rule.describe() for rule in job.evaluator.rules if rule.code not in known]
-    progress.finish()
+    hashes = _Hashes()
+    try:
+        for paths, options in jobs:
+            job = _Job(options, report, progress, hashes)
+            job.run(paths)
+            active, suppressed = options.selection.split_baseline(job.findings, report.source_root)
+            report.findings += active
+            report.suppressed += suppressed
+            entries += job.score_entries
+            by_file.update(job.by_file)
+            known = {rule["code"] for rule in report.rules}
+            report.rules += [rule.describe() for rule in job.evaluator.rules if rule.code not in known]
+        progress.finish()
+        hashes.fill(report.files)
+    finally:
+        hashes.close()
     report.transfer = _transfer(entries, by_file)
     report.sort()
     report.diagnoses = diagnose(report)  # after the baseline: a cause whose findings are all accepted is gone

@@ -19,6 +19,7 @@ MODULE_KINDS = ("container", "conv", "linear", "batchnorm", "frozen_batchnorm", 
 # A pair's verdict, from the worst to the best (a module shows the worst among its tensors).
 VERDICTS = ("unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
 CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
+COUNTER_LEAF = "num_batches_tracked"  # a step counter, not a weight: never decides a verdict's severity
 SETTLED_EXPECTATIONS = ("copied", "finetuned")  # what "auto" settles to
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "other")
 SHAPE_CAUSES = ("rank", "adapt_input_conv", "input_channels", "kernel_resized", "sliced", "smaller", "other")

@@ -148,3 +148,24 @@ def test_what_the_checks_derived_is_kept_with_the_code(tmp_path: Path, cache: Pa
     cached = load_rules_from(folder)[0]
     assert parses == [] and len(list(cache.glob("*.code"))) == 1  # really from the cache
     assert parsed.param_values["kinds"] == cached.param_values["kinds"] and "linear" in cached.param_values["kinds"]
+
+
+def test_a_cached_rule_runs_its_condition_as_the_same_closure(tmp_path: Path, cache: Path, parses: list[str]) -> None:
+    """The closures' plain-data form is kept beside the code: a rule from the cache is not parsed
+    again, yet runs as fast, with the same answers; an expression without one stays in the sandbox."""
+    folder = tmp_path / "rules"
+    condition = "file.format == 'zip' and file.bytes > params.limit"
+    evidence = '[evidence]\nupper = "file.format.upper()"\n'
+    rule_text = GOOD_RULE.format(condition=condition) + f"\n[params]\nlimit = 3\n{evidence}"
+    write_rule(folder, rule_text)
+    parsed = load_rules_from(folder)[0]
+    parses.clear()
+    cached = load_rules_from(folder)[0]
+    assert parses == [] and len(list(cache.glob("*.code"))) == 1
+    assert cached.condition.program == parsed.condition.program is not None and cached.condition._fast is not None
+    assert cached.evidence["upper"].program is None
+    for facts in ({"format": "zip", "bytes": 4}, {"format": "zip", "bytes": 3}, {"format": "legacy", "bytes": 9}):
+        found = [Evaluator([rule], Selection()).evaluate(rule, facts, "f.pt", None, {}) for rule in (parsed, cached)]
+        assert found[0] == found[1]
+    with pytest.raises(RuleError, match="has no attribute 'bytes'"):
+        Evaluator([cached], Selection()).evaluate(cached, {"format": "zip"}, "f.pt", None, {})

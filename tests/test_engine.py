@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -168,6 +171,177 @@ def test_conditions_run_sandboxed(tmp_path: Path) -> None:
     with pytest.raises(RuleError, match=r"unsafe|SecurityError|access"):
         Evaluator([escaping], Selection()).evaluate(escaping, {"format": "x"}, "f.pt", None, {})
 
+
+
+# A condition from a rule pack or a repository is untrusted: whether it runs as a closure
+# (ckptlint/engine/fast_condition.py) or in the Jinja2 sandbox, an attempt to reach Python's
+# objects is refused exactly as the sandbox alone refused it. (condition, what loading says, or
+# None if it loads; what evaluating it on a file's facts says)
+ESCAPES = [
+    ("tensor.__class__", "unknown name 'tensor'", "SecurityError: access to attribute '__class__' of 'StrictUndef"),
+    ("file.__class__", "file.__class__ is not a fact", "SecurityError: access to attribute '__class__'"),
+    ("file.__class__.__mro__", "file.__class__ is not a fact", "SecurityError: access to attribute '__class__'"),
+    ("file['__class__'].__mro__[1]", "file.__class__ is not a fact", "SecurityError: access to attribute '__class__'"),
+    ("file.mro", "file.mro is not a fact", "UndefinedError: .* has no attribute 'mro'"),
+    ("params.__globals__", "params.__globals__ is not a parameter", "UndefinedError: 'dict object' has no attribute"),
+    ("file.format.__class__", None, "SecurityError: access to attribute '__class__' of 'str' object is unsafe"),
+    ("().__class__.__subclasses__()", None, "SecurityError: access to attribute '__class__' of 'tuple'"),
+    ("range.__globals__", None, "UndefinedError: 'range' is undefined"),
+    ("range(3)", None, "UndefinedError: 'range' is undefined"),
+    ("cycler.__init__.__globals__", None, "SecurityError: access to attribute '__init__' of 'StrictUndefined'"),
+    ("lipsum.__globals__", None, "UndefinedError: 'lipsum' is undefined"),
+    ("dict(a=1)", None, "UndefinedError: 'dict' is undefined"),
+    ("joiner()", None, "UndefinedError: 'joiner' is undefined"),
+    ("file | attr('__class__')", None, "SecurityError: access to attribute '__class__'"),
+    ("'{0.__class__}'.format(file)", None, "SecurityError: access to attribute '__class__'"),
+    ("file.keys()", "file.keys is not a fact", None),  # loading refuses it; the sandbox would allow it
+    ("file.items", "file.items is not a fact", None),
+]
+
+
+def _file_facts() -> Any:
+    from ckptlint.facts.lazy import LazyFacts
+
+    class Facts(LazyFacts):
+        providers: ClassVar[dict[str, Any]] = {}
+
+    return Facts({"format": "zip"})
+
+
+@pytest.mark.parametrize("condition, at_load, at_evaluation", ESCAPES, ids=[e[0] for e in ESCAPES])
+def test_conditions_cannot_reach_python_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, condition: str,
+                                                at_load: str | None, at_evaluation: str | None) -> None:
+    from ckptlint.engine.evaluate import Evaluator
+    from ckptlint.engine.rules import Expression
+    from ckptlint.selection import Selection
+
+    folder = _rule_dir(tmp_path, condition.replace('"', '\\"'))
+    if at_load is None:
+        (rule,) = load_rules_from(folder)
+    else:
+        with pytest.raises(RuleError, match=re.escape(at_load)) as caught:
+            load_rules_from(folder)
+        assert caught.value.path == str(folder / RULE_FOLDER / "rule.toml")
+        (rule,) = load_rules_from(_rule_dir(tmp_path / "true", "true"))
+        rule = replace(rule, condition=Expression(condition))  # as if it got past loading
+    assert isinstance(rule.condition, Expression)
+    # attribute walks run as closures; a call has none and runs in the sandbox
+    assert (rule.condition.program is None) == ("(" in condition)
+    outcomes = []
+    for way in ("closure", "sandbox"):
+        if way == "sandbox":
+            monkeypatch.setattr(Expression, "__call__", Expression.in_sandbox)
+        evaluator = Evaluator([rule], Selection())
+        if at_evaluation is None:
+            outcomes.append(evaluator.evaluate(rule, _file_facts(), "f.pt", None, {}))
+            continue
+        with pytest.raises(RuleError, match=at_evaluation) as caught:
+            evaluator.evaluate(rule, _file_facts(), "f.pt", None, {})
+        assert str(caught.value).startswith(f"{rule.source}: rule always failed on f.pt: ")
+        outcomes.append(str(caught.value))
+    assert outcomes[0] == outcomes[1]
+
+
+class _Facts(Mapping[str, Any]):
+    """Facts as rules see them: a mapping, with an instance attribute and a method of its own."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+        self.note = "an attribute"  # the sandbox gives attributes before keys
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def release(self) -> None:
+        pass
+
+
+def _variables() -> dict[str, Any]:
+    tensor = _Facts({"std": 0.75, "kind": "conv", "count": 7, "flag": False, "missing": None, "shape": [3, 4],
+                     "init": {"ks": 0.01, "crit": 0.02, "name": "kaiming"}, "note": "a fact", "release": "a fact"})
+    return {"tensor": tensor, "params": {"factor": 1.5, "names": ["conv", "linear"], "limit": 3}}
+
+
+SAME_BOTH_WAYS = [
+    "tensor.std > 0.5", "tensor.std >= 1 and tensor.kind == 'conv'", "tensor.std >= 1 or tensor.kind != 'conv'",
+    "tensor.kind in ('conv', 'linear')", "tensor.kind not in ['conv']", "'on' in tensor.kind",
+    "tensor.kind in params.names", "tensor.missing is none", "tensor.init is not none", "not tensor.flag",
+    "tensor.init.ks <= tensor.init.crit * params.factor", "tensor.init['name']", "tensor['kind']",
+    "tensor.shape[0]", "-tensor.std + 3 * 2 - 1 / 4", "+tensor.count // 3", "tensor.count % 4", "7 // 2 / 3",
+    "tensor.kind ~ '-' ~ tensor.count ~ tensor.missing", "(tensor.std * 100) | round(2)", "(tensor.std - 1) | abs",
+    "tensor.std | fmt('.3f')", "tensor.shape | length", "tensor.kind | upper", "tensor.count | string",
+    "tensor.kind if tensor.flag else tensor.init.name", "1 < tensor.count < 10", "1 < tensor.count > 100",
+    "tensor.nothing is defined", "tensor.nothing is undefined", "tensor.count is divisibleby(params.limit)",
+    "tensor.count is number", "tensor.kind is string", "[1, tensor.count] == [1, 7]", "(1, 2)", "none", "true",
+    "tensor.note", "tensor.release", "tensor.nothing is none", "params.names[1]", "tensor.flag and tensor.nothing",
+    # undefined: an error where it is used, with the sandbox's own message
+    "tensor.nothing > 0", "not tensor.nothing", "tensor.nothing", "tensor.nothing.deeper", "tensor.shape[5] + 1",
+    "tensor.kind.nope == 1", "params.absent == 1", "unknown_name", "unknown_name.x", "tensor.nothing ~ 'x'",
+    "tensor.nothing | round", "tensor.std / 0", "tensor.kind + 1", "tensor.init.__class__", "tensor._values",
+    "tensor['__class__']", "params.items", "tensor.std if tensor.nothing else 1",
+]
+
+
+def _outcome(run: Callable[[], Any]) -> tuple[Any, ...]:
+    from jinja2 import Undefined
+
+    try:
+        value = run()
+        if isinstance(value, Undefined):
+            value.__str__()  # what using it raises, in the except below
+        return ("value", type(value).__name__, repr(value))
+    except Exception as exc:  # noqa: BLE001 - the outcome, whatever it is, must match
+        return ("error", type(exc).__name__, str(exc))
+
+
+@pytest.mark.parametrize("condition", SAME_BOTH_WAYS)
+def test_a_closure_means_what_the_sandbox_means(condition: str) -> None:
+    from ckptlint.engine.rules import Expression
+
+    expression = Expression(condition)
+    assert expression.program is not None, "runs as a closure"
+    variables = _variables()
+    assert _outcome(lambda: expression(**variables)) == _outcome(lambda: expression.in_sandbox(**variables))
+
+
+@pytest.mark.parametrize("condition", ["tensor.count ** 2", "tensor.kind.upper()", "tensor.shape[0:1]",
+                                       "{'a': 1}", "tensor.kind | replace('c', 'k')", "tensor | attr('note')",
+                                       "tensor.shape | join(',')", "tensor.shape | list"])
+def test_what_the_closures_do_not_cover_runs_in_the_sandbox(condition: str) -> None:
+    from ckptlint.engine.rules import Expression
+
+    expression = Expression(condition)
+    variables = _variables()
+    assert expression.program is None and expression(**variables) == expression.in_sandbox(**variables)
+
+
+def test_every_shipped_condition_runs_as_a_closure() -> None:
+    for rule in load_all_rules():
+        assert rule.condition.program is not None, rule.code
+        assert all(o.when.program is not None for o in rule.severity_if), rule.code
+
+
+CASE_DIRS = sorted(p.parent for p in CASES.glob("*/case.toml"))
+
+
+@pytest.mark.parametrize("folder", CASE_DIRS, ids=[p.name for p in CASE_DIRS])
+def test_closures_find_what_the_sandbox_finds(folder: Path, run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fixture scenario, every rule and diagnosis: the same report both ways, byte for byte."""
+    from ckptlint._toml import tomllib
+    from ckptlint.engine.rules import Expression
+
+    args = tomllib.loads((folder / "case.toml").read_text("utf-8"))["args"]
+    fast = run(*args, "--format", "json", "--no-hash", cwd=folder)
+    monkeypatch.setattr(Expression, "__call__", Expression.in_sandbox)
+    sandboxed = run(*args, "--format", "json", "--no-hash", cwd=folder)
+    assert (fast.code, fast.out, fast.err) == (sandboxed.code, sandboxed.out, sandboxed.err)
+    assert fast.json["findings"] or folder.name == "transfer-correct" or fast.code == 0
 
 def test_select_ignore_and_codes(run) -> None:
     case = CASES / "non-finite" / "model.pt"

@@ -138,3 +138,17 @@ def test_baseline_suppresses_accepted_findings(tmp_path: Path, run) -> None:
     VALIDATOR.validate(sarif)
     assert [r["suppressions"][0]["kind"] for r in sarif["runs"][0]["results"]] == ["external", "external"]
     assert run("check", target, "--baseline", str(tmp_path / "nope.json")).code == 2
+
+
+def test_json_gives_every_file_s_sha256_hashed_beside_the_check(run) -> None:
+    """The digests are computed in a worker thread while the files are checked: they must be the
+    files' own, for the target and the pretrained file, and absent when not asked for."""
+    import hashlib
+
+    target = CASES / "transfer-selective" / "detr.pth"
+    pretrained = REPO / "fixtures" / "models" / "resnet50_tiny.pth"
+    report = run("check", str(target), "--pretrained", str(pretrained), "--format", "json").json
+    digests = {f["path"]: f["sha256"] for f in report["files"]}
+    assert digests == {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in (target, pretrained)}
+    unhashed = run("check", str(target), "--pretrained", str(pretrained), "--format", "json", "--no-hash").json
+    assert {f["sha256"] for f in unhashed["files"]} == {None}

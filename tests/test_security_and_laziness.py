@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -20,7 +21,7 @@ from ckptlint.options import Options
 from ckptlint.results import Report
 from ckptlint.runner import run_jobs
 from ckptlint.selection import Selection
-from conftest import CASES, run_subprocess
+from conftest import CASES, REPO, run_subprocess
 
 
 class Payload:
@@ -136,3 +137,86 @@ def test_value_facts_share_one_read_per_tensor(monkeypatch: pytest.MonkeyPatch) 
     assert len(log.reads) == 13 and "features.1.num_batches_tracked" not in log.reads
     assert log.read_once, [key for key, n in log.reads.items() if n > 1]
     assert log.checkpoint.bytes_read == _nbytes(log.checkpoint, set(log.reads)) == 180_520
+
+
+PICKLE_RULES = "unsafe-pickle,unknown-pickle-global"
+# One CLI run in a fresh interpreter: its JSON report, exit code, and whether numpy and networkx
+# were imported by the time it was done.
+_CLI_RUN = """
+import json, sys
+from ckptlint.cli import main
+code = main(['check', '--format', 'json', '--output', sys.argv[1], *sys.argv[2:]])
+print(json.dumps({'code': code, 'numpy': 'numpy' in sys.modules, 'networkx': 'networkx' in sys.modules}))
+"""
+
+
+def _cli_run(tmp_path: Path, *args: str) -> tuple[dict, dict]:
+    out = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-c", _CLI_RUN, str(out), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1]), json.loads(out.read_text())
+
+
+def _malicious_and_unreadable(tmp_path: Path) -> Path:
+    """A bare pickle that calls os.system: not a checkpoint at all, so unreadable past its pickle."""
+    bare = tmp_path / "bare.pkl"
+    bare.write_bytes(pickle.dumps(Payload(os.system, ("true",)), protocol=2))
+    return bare
+
+
+@pytest.mark.parametrize(("target", "code", "findings", "errors"), [
+    ("fixtures/models/resnet50_tiny.pth", 0, [], 0),
+    ("fixtures/cases/pickle-os-system/model.pt", 1, [("unsafe-pickle", "posix.system")], 0),
+    ("fixtures/cases/pickle-class-as-data/model.pt", 0,
+     [("unknown-pickle-global", "mytraining.config.TrainConfig")], 0),
+    ("bare.pkl", 1, [("unsafe-pickle", "posix.system")], 1),
+])
+def test_a_pickle_only_run_judges_clean_malicious_and_unreadable_files(
+        tmp_path: Path, target: str, code: int, findings: list[tuple[str, str]], errors: int) -> None:
+    """What a pre-commit hook runs over many files: the pickle rules alone, reading only the
+    pickles, find what a full check finds, with the same exit code."""
+    path = _malicious_and_unreadable(tmp_path) if target == "bare.pkl" else REPO / target
+    run, report = _cli_run(tmp_path, "--select", PICKLE_RULES, str(path))
+    assert [(f["name"], f["evidence"]["global"]) for f in report["findings"]] == findings
+    assert (run["code"], len(report["errors"])) == (code, errors)
+    run, report = _cli_run(tmp_path, str(path))
+    assert [(f["name"], f["evidence"]["global"]) for f in report["findings"] if f["name"] in PICKLE_RULES] == findings
+
+
+def test_a_pickle_only_run_imports_neither_numpy_nor_networkx(tmp_path: Path) -> None:
+    """The pickle rules need no tensor values (numpy) and no module graph (networkx): a run of
+    them alone, over clean, malicious and unreadable files, imports neither."""
+    paths = [str(REPO / "fixtures/models/resnet50_tiny.pth"), str(CASES / "pickle-os-system" / "model.pt"),
+             str(_malicious_and_unreadable(tmp_path))]
+    run, report = _cli_run(tmp_path, "--select", PICKLE_RULES, *paths)
+    assert run["code"] == 1 and len(report["findings"]) == 2
+    assert (run["numpy"], run["networkx"]) == (False, False)
+    # the same files checked by every rule need both (so the assertion above can fail)
+    run, report = _cli_run(tmp_path, *paths)
+    assert (run["numpy"], run["networkx"]) == (True, True)
+
+
+def test_a_pickle_only_run_builds_no_facts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pickle rules judge a file without its module graph, its file facts or a single tensor
+    read, and find exactly the globals a full check finds."""
+    from ckptlint.facts import checkpoint as facts_checkpoint
+
+    targets = [CASES / "pickle-os-system" / "model.pt", CASES / "pickle-class-as-data" / "model.pt",
+               CASES / "detr-training-checkpoint" / "checkpoint.pth"]
+    full = run_jobs([([str(t) for t in targets],
+                      Options(selection=Selection(select=(*PICKLE_RULES.split(","), "missing-bn-stats")),
+                              hash_files=False))])
+    expected = [f for f in full.findings if f.name in PICKLE_RULES.split(",")]
+    assert {f.name for f in expected} == set(PICKLE_RULES.split(","))
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pickle-only run built checkpoint facts")
+
+    monkeypatch.setattr(facts_checkpoint.CheckpointFacts, "__init__", refused)
+    checkpoints = [open_checkpoint(str(t)) for t in targets]
+    report = run_jobs([(checkpoints, Options(selection=Selection(select=tuple(PICKLE_RULES.split(","))),
+                                             hash_files=False))])
+    assert not report.errors
+    assert report.findings == expected
+    assert [c.bytes_read for c in checkpoints] == [0, 0, 0]

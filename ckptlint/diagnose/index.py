@@ -12,9 +12,8 @@ from typing import Any
 
 from ckptlint.diagnose.cover import KeyTree, parent
 from ckptlint.diagnose.prefix import missed_prefix
-from ckptlint.facts.pair import COUNTER_LEAF
 from ckptlint.results import Finding, PairRecord, TargetTransfer
-from ckptlint.vocabulary import CARRIED
+from ckptlint.vocabulary import CARRIED, COUNTER_LEAF
 
 # Module-scope rules judge BatchNorm statistics: their findings are about these tensors.
 MODULE_TENSORS = ("running_mean", "running_var")

@@ -31,10 +31,12 @@ from ckptlint.output import replace_atomically
 
 def _checks_digest() -> str:
     """Stored code skipped the load-time checks (``rules.py``, ``vocabulary_check.py``, the
-    vocabulary itself): when any of them changes, the stored code must miss."""
+    vocabulary itself) and DERIVED holds what they and ``fast_condition.py`` made: when any of
+    them changes, the stored code must miss."""
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in (here / "rules.py", here / "vocabulary_check.py", here.parent / "vocabulary.py"):
+    for path in (here / "rules.py", here / "vocabulary_check.py", here / "fast_condition.py",
+                 here.parent / "vocabulary.py"):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

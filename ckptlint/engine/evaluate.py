@@ -5,20 +5,22 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2.exceptions import SecurityError, TemplateError
 
 from ckptlint.engine.rules import Rule
 from ckptlint.errors import RuleError
-from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.security import distinct_global_facts
-from ckptlint.facts.tensor import TensorFacts
-from ckptlint.facts.transfer import Reference
 from ckptlint.io.unpickler import PickleGlobal
 from ckptlint.progress import NoProgress, Progress
 from ckptlint.results import Finding
 from ckptlint.selection import Selection
+
+if TYPE_CHECKING:  # the facts stage imports numpy and networkx: a pickle-only run needs neither
+    from ckptlint.facts.checkpoint import CheckpointFacts
+    from ckptlint.facts.tensor import TensorFacts
+    from ckptlint.facts.transfer import Reference
 
 
 def plain(value: Any) -> Any:
@@ -40,18 +42,31 @@ class Evaluator:
         self.allow_globals = frozenset(allow_globals)  # the project's additions to the pickle allowlist
         self.rules = selection.enabled(rules)
         self._params = {rule.code: selection.params_of(rule) for rule in self.rules}
+        # What each rule's expressions call its subject, and its parameters: found once per rule
+        self._names = {rule.code: (rule.subject_name, self._params[rule.code]) for rule in self.rules}
         self._by_subject: dict[str, list[Rule]] = defaultdict(list)
         for rule in self.rules:
             self._by_subject[rule.subject].append(rule)
+        # The rules per (subject, reference, only_in), found once: runs ask millions of times.
+        self._judging: dict[tuple[str, str | None, str | None], tuple[Rule, ...]] = {}
 
     def judging(self, subject: str, reference: str | None = None, only_in: str | None = None) -> list[Rule]:
         """The enabled rules that judge this subject in this relation to a reference: the rules
         declare it, so none has to guard against subjects it does not mean."""
-        return [rule for rule in self._by_subject.get(subject, ()) if rule.applies(reference, only_in)]
+        return list(self._rules_judging(subject, reference, only_in))
+
+    def _rules_judging(self, subject: str, reference: str | None, only_in: str | None) -> tuple[Rule, ...]:
+        relation = (subject, reference, only_in)
+        rules = self._judging.get(relation)
+        if rules is None:
+            rules = self._judging[relation] = tuple(rule for rule in self._by_subject.get(subject, ())
+                                                    if rule.applies(reference, only_in))
+        return rules
 
     def evaluate(self, rule: Rule, subject: Any, file: str, key: str | None,
                  context: Mapping[str, Any]) -> Finding | None:
-        env = {**context, rule.subject_name: subject, "params": self._params[rule.code]}
+        name, params = self._names[rule.code]
+        env = {**context, name: subject, "params": params}
         try:
             if not rule.condition(**env):
                 return None
@@ -68,8 +83,12 @@ class Evaluator:
     def run(self, subject: str, facts: Any, file: str, key: str | None, context: Mapping[str, Any],
             reference: str | None = None, only_in: str | None = None) -> list[Finding]:
         """Findings of the rules judging ``facts`` (a ``subject`` met in this relation)."""
-        found = (self.evaluate(rule, facts, file, key, context) for rule in self.judging(subject, reference, only_in))
-        return [f for f in found if f is not None]
+        findings = []
+        for rule in self._rules_judging(subject, reference, only_in):
+            finding = self.evaluate(rule, facts, file, key, context)
+            if finding is not None:
+                findings.append(finding)
+        return findings
 
 
 def check_pickle_globals(evaluator: Evaluator, items: list[PickleGlobal], file: str,
@@ -90,8 +109,8 @@ def check_checkpoint(evaluator: Evaluator, facts: CheckpointFacts, label: str,
     context = {"file": file_facts}
     findings = evaluator.run("file", file_facts, label, None, context)
     findings += check_pickle_globals(evaluator, checkpoint.pickle_globals, label, file_facts)
-    needs_values = any(evaluator.judging(s) for s in ("tensor", "module"))
-    if not (needs_values or references):
+    tensor_rules, module_rules = evaluator.judging("tensor"), evaluator.judging("module")
+    if not (tensor_rules or module_rules or references):
         return findings
 
     def tensor_extra(key: str) -> dict[str, Any]:
@@ -102,16 +121,20 @@ def check_checkpoint(evaluator: Evaluator, facts: CheckpointFacts, label: str,
 
     progress = progress or NoProgress()
     progress.start(label, len(checkpoint.tensors))
-    for module, tensors in facts.module_groups(tensor_extra, module_extra):
-        progress.advance(len(tensors))
-        for key, tensor in tensors.items():
-            for reference in references:
-                findings += _reference_findings(evaluator, reference, key, tensor, label, context)
-            findings += evaluator.run("tensor", tensor, label, key, context)
+    # without a reference there is nothing to add to a tensor's or module's facts
+    groups = facts.module_groups(tensor_extra, module_extra) if references else facts.module_groups()
+    for module, tensors in groups:
         if tensors:
-            findings += evaluator.run("module", module, label, module["path"], context)
-        for tensor in tensors.values():
-            tensor.release()  # memory stays bounded by the largest module
+            progress.advance(len(tensors))
+            for key, tensor in tensors.items():
+                for reference in references:
+                    findings += _reference_findings(evaluator, reference, key, tensor, label, context)
+                if tensor_rules:
+                    findings += evaluator.run("tensor", tensor, label, key, context)
+            if module_rules:
+                findings += evaluator.run("module", module, label, module["path"], context)
+            for tensor in tensors.values():
+                tensor.release()  # memory stays bounded by the largest module
     for reference in references:
         for tensor in reference.unused_facts():
             findings += evaluator.run("tensor", tensor, label, tensor["key"], context, reference.name, "reference")

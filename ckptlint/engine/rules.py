@@ -16,7 +16,8 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ckptlint._toml import tomllib
-from ckptlint.engine import code_cache
+from ckptlint.engine import code_cache, fast_condition
+from ckptlint.engine.fast_condition import Program
 from ckptlint.engine.vocabulary_check import check_expression, compared_parameters
 from ckptlint.errors import RuleError
 from ckptlint.severity import SEVERITIES
@@ -73,26 +74,43 @@ class _Compiled:
 
 
 class Expression(_Compiled):
-    """A Jinja2 expression, run in the sandbox with one reused context.
+    """A Jinja2 expression. Most run as a closure built from the parsed tree (see
+    ckptlint/engine/fast_condition.py: only a whitelist of node types, with the sandbox's own
+    attribute rules); the rest run in the sandbox with one reused context.
 
-    ``Environment.compile_expression`` builds a fresh Context per call (about 10 us); with a
-    million tensors and several rules that was most of a run. This does what it does — a
-    ``{% set result = ... %}`` template — but keeps the context and swaps its variables.
+    ``Environment.compile_expression`` builds a fresh Context per call (about 10 us); the sandbox
+    path does what it does — a ``{% set result = ... %}`` template — but keeps the context and
+    swaps its variables. ``program``: the closure's plain-data form, kept in the code cache.
     """
 
-    def __init__(self, source: str, code: CodeType | None = None) -> None:
+    def __init__(self, source: str, code: CodeType | None = None, program: Program | None = None) -> None:
         tree = None
         if code is None:
             parser = Parser(ENVIRONMENT, source, state="variable")
             expression = parser.parse_expression()
             if not parser.stream.eos:
                 raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno)
+            program = fast_condition.program(expression, ENVIRONMENT)
             tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)], lineno=1)
             tree.set_environment(ENVIRONMENT)
         super().__init__(tree, code)
+        self._fast = None
+        if program is not None:
+            try:
+                self._fast = fast_condition.build(program, ENVIRONMENT)
+            except (ValueError, LookupError, TypeError):  # a program the cache kept in another form
+                program = None
+        self.program = program
         self._bound: tuple[Context, Callable[[Context], Any]] | None = None  # made on first call
 
     def __call__(self, **variables: Any) -> Any:
+        fast = self._fast
+        if fast is not None:
+            return fast(variables)
+        return self.in_sandbox(**variables)
+
+    def in_sandbox(self, **variables: Any) -> Any:
+        """The expression run by Jinja2 in the sandbox, whether or not it has a closure."""
         if self._bound is None:
             template = self.template()
             self._bound = template.new_context({}, shared=True), template.root_render_func
@@ -206,11 +224,11 @@ def load_rule_file(path: Path) -> Rule:
            "severity_if entries need a severity and a `when` condition", where)
     cached = code_cache.load(text)
     names = {**names_in_scope(subject, reference, only_in), "params": frozenset(params)}
+    stored = cached.get(code_cache.DERIVED, {}) if cached is not None else {}
     compiler = Compiler(where, cached or {}, RuleVocabulary(names, values_in_scope(subject, reference), params,
-                                                            frozenset(evidence)))
+                                                            frozenset(evidence)), stored.get("programs", {}))
     condition = compiler.expression(data["condition"], "condition")
     # filled as the expressions are parsed (the same dict), or what was derived when it was cached
-    stored = cached.get(code_cache.DERIVED, {}) if cached is not None else {}
     param_values = compiler.param_values if cached is None else stored.get("param_values", {})
     rule = Rule(
         code=data["code"], name=data["name"], severity=data["severity"], subject=subject, reference=reference,
@@ -224,7 +242,8 @@ def load_rule_file(path: Path) -> Rule:
                           for o in overrides),
     )
     if cached is None:
-        code_cache.store(text, {**compiler.codes(), code_cache.DERIVED: {"param_values": compiler.param_values}})
+        code_cache.store(text, {**compiler.codes(), code_cache.DERIVED: {"param_values": compiler.param_values,
+                                                                         "programs": compiler.programs()}})
     return rule
 
 
@@ -261,11 +280,14 @@ class Compiler:
     """Makes one file's expressions and templates (a rule's, the diagnoses'), from cached code
     where there is some."""
 
-    def __init__(self, where: str, cached: dict[str, CodeType], vocabulary: RuleVocabulary | None = None) -> None:
+    def __init__(self, where: str, cached: dict[str, CodeType], vocabulary: RuleVocabulary | None = None,
+                 programs: dict[str, Program] | None = None) -> None:
         """``vocabulary``: what a rule's expressions may say; every parsed expression and message
-        is checked against it (None: not checked, as for the diagnoses)."""
+        is checked against it (None: not checked, as for the diagnoses). ``programs``: the
+        expressions' closures as cached (see ``programs``)."""
         self.where = where
         self.cached = cached
+        self.cached_programs = programs or {}
         self.vocabulary = vocabulary
         self.param_values: dict[str, tuple[str, ...]] = {}  # see compared_parameters
         self.made: dict[str, tuple[_Compiled, str]] = {}
@@ -282,7 +304,9 @@ class Compiler:
 
     def _make(self, kind: type, key: str, source: str, what: str) -> Any:
         try:
-            made = kind(source, self.cached.get(key))
+            code = self.cached.get(key)
+            made = (kind(source, code, self.cached_programs.get(key)) if kind is Expression and code is not None
+                    else kind(source, code))
             problem = self._vocabulary_problem(made, kind)
         except TemplateSyntaxError as exc:  # finding the names generates code: an unknown filter shows
             raise RuleError(f"{what} does not compile: {exc.message}", self.where) from None
@@ -298,6 +322,12 @@ class Compiler:
         names = {**vocabulary.names, "evidence": vocabulary.evidence} if kind is MessageTemplate else vocabulary.names
         self.param_values.update(compared_parameters(made.tree, vocabulary.values))
         return check_expression(made.tree, names, vocabulary.values, vocabulary.params)
+
+    def programs(self) -> dict[str, Program]:
+        """Each expression's closure as plain data, to cache beside the code (an expression
+        without one runs in the sandbox)."""
+        return {key: made.program for key, (made, _) in self.made.items()
+                if isinstance(made, Expression) and made.program is not None}
 
     def codes(self) -> dict[str, CodeType]:
         """Every expression's and the message's code, to cache; compiling them all now also

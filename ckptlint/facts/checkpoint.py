@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from typing import Any
 
 import networkx as nx
@@ -10,7 +11,7 @@ import networkx as nx
 from ckptlint.facts.lazy import LazyFacts, provides
 from ckptlint.facts.module import ModuleFacts
 from ckptlint.facts.tensor import TensorFacts, resembled_init
-from ckptlint.graph.build import build_module_graph, split_key
+from ckptlint.graph.build import ModuleTable, split_key
 from ckptlint.io.checkpoint import Checkpoint
 
 
@@ -19,7 +20,13 @@ class CheckpointFacts:
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
-        self.graph = build_module_graph(checkpoint.tensors)
+        self.modules = ModuleTable(checkpoint.tensors)
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The module graph, made on first use (a check walks ``modules``, the same in plain
+        dictionaries)."""
+        return self.modules.graph()
 
     def file_facts(self, role: str) -> FileFacts:
         """``file.*`` for this checkpoint checked as ``role`` (target or pretrained)."""
@@ -28,7 +35,7 @@ class CheckpointFacts:
     def tensor(self, key: str, extra: dict[str, Any] | None = None) -> TensorFacts:
         """Fresh facts for one tensor; callers keep them as long as they need them."""
         module, _ = split_key(key)
-        return TensorFacts(self.checkpoint.tensors[key], self.graph.nodes[module]["kind"],
+        return TensorFacts(self.checkpoint.tensors[key], self.modules.kinds[module],
                            self.checkpoint.read, extra)
 
     def module_groups(self, tensor_extra: Callable[[str], dict[str, Any]] | None = None,
@@ -36,13 +43,16 @@ class CheckpointFacts:
                       ) -> Iterator[tuple[ModuleFacts, dict[str, TensorFacts]]]:
         """Each module with facts for its own tensors, in graph order; facts live per module so
         memory stays bounded by the largest module, not the checkpoint."""
-        for path in nx.dfs_preorder_nodes(self.graph, ""):
-            data = self.graph.nodes[path]
-            tensors = {key: self.tensor(key, tensor_extra(key) if tensor_extra else None)
-                       for key in data["tensors"].values()}
-            extra = module_extra(path, data["tensors"]) if module_extra else {}
-            yield ModuleFacts(path, data["kind"], data["tensors"], tensors.__getitem__, extra), tensors
-
+        refs, read = self.checkpoint.tensors, self.checkpoint.read
+        leaves, kinds = self.modules.leaves, self.modules.kinds
+        for path in self.modules.preorder():
+            held, kind = leaves[path], kinds[path]
+            if tensor_extra is None:
+                tensors = {key: TensorFacts(refs[key], kind, read) for key in held.values()}
+            else:
+                tensors = {key: TensorFacts(refs[key], kind, read, tensor_extra(key)) for key in held.values()}
+            extra = module_extra(path, held) if module_extra else None
+            yield ModuleFacts(path, kind, held, tensors.__getitem__, extra), tensors
 
 
 # A sample of the weights is enough to tell a trained file from a freshly initialised one.
@@ -72,10 +82,10 @@ class FileFacts(LazyFacts):
         self._facts = facts
 
     def _untrained(self) -> None:
-        graph, checkpoint = self._facts.graph, self._facts.checkpoint
+        modules, checkpoint = self._facts.modules, self._facts.checkpoint
         weights = [key for key, ref in checkpoint.tensors.items()
                    if ref.dtype.is_float and len(ref.shape) >= 2 and ref.numel >= UNTRAINED_MIN_ELEMENTS
-                   and graph.nodes[split_key(key)[0]]["kind"] in UNTRAINED_KINDS]
+                   and modules.kinds[split_key(key)[0]] in UNTRAINED_KINDS]
         step = max(1, len(weights) // UNTRAINED_SAMPLE)
         sampled = weights[::step][:UNTRAINED_SAMPLE]
         inits = []
@@ -84,8 +94,8 @@ class FileFacts(LazyFacts):
             inits.append(resembled_init(tensor))
             tensor.release()
         found = [init for init in inits if init]
-        bn = [path for path in graph if graph.nodes[path]["kind"] in ("batchnorm", "frozen_batchnorm")
-              and {"running_mean", "running_var"} <= set(graph.nodes[path]["tensors"])]
+        bn = [path for path, kind in modules.kinds.items() if kind in ("batchnorm", "frozen_batchnorm")
+              and {"running_mean", "running_var"} <= set(modules.leaves[path])]
         at_defaults = [path for path in bn if self._stats_at_defaults(path)]
         self._cache.update({
             "weights_sampled": len(sampled),
@@ -98,7 +108,7 @@ class FileFacts(LazyFacts):
         })
 
     def _stats_at_defaults(self, path: str) -> bool:
-        leaves = self._facts.graph.nodes[path]["tensors"]
+        leaves = self._facts.modules.leaves[path]
         mean, var = (self._facts.checkpoint.read(leaves[leaf]) for leaf in ("running_mean", "running_var"))
         return bool((mean == 0).all() and (var == 1).all())
 

@@ -20,11 +20,14 @@ class LazyFacts(Mapping[str, Any]):
         self._cache: dict[str, Any] = dict(eager)
 
     def __getitem__(self, name: str) -> Any:
-        if name not in self._cache:
-            provider = self.providers.get(name)
-            if provider is None:
-                raise KeyError(name)
-            provider(self)
+        try:  # a cached fact costs one lookup (rules read a few per subject, of millions)
+            return self._cache[name]
+        except KeyError:
+            pass
+        provider = self.providers.get(name)
+        if provider is None:
+            raise KeyError(name) from None
+        provider(self)
         return self._cache[name]
 
     def __iter__(self) -> Iterator[str]:

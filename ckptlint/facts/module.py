@@ -14,23 +14,27 @@ class ModuleFacts(LazyFacts):
 
     def __init__(self, path: str, kind: str, tensors: dict[str, str],
                  tensor_facts: Callable[[str], TensorFacts], extra: dict[str, Any] | None = None) -> None:
-        leaves = set(tensors)
         weight = tensors.get("weight")
-        super().__init__({
+        channels = None
+        if weight:
+            shape = tensor_facts(weight)["shape"]
+            channels = shape[0] if shape else None
+        self._cache = {
             "path": path,
             "kind": kind,
-            "leaves": sorted(leaves),
-            "has_weight": "weight" in leaves,
-            "has_bias": "bias" in leaves,
-            "has_running_mean": "running_mean" in leaves,
-            "has_running_var": "running_var" in leaves,
-            "has_running_stats": {"running_mean", "running_var"} <= leaves,
-            "has_num_batches_tracked": "num_batches_tracked" in leaves,
-            "channels": tensor_facts(weight)["shape"][0] if weight and tensor_facts(weight)["ndim"] else None,
+            "leaves": sorted(tensors),
+            "has_weight": weight is not None,
+            "has_bias": "bias" in tensors,
+            "has_running_mean": "running_mean" in tensors,
+            "has_running_var": "running_var" in tensors,
+            "has_running_stats": "running_mean" in tensors and "running_var" in tensors,
+            "has_num_batches_tracked": "num_batches_tracked" in tensors,
+            "channels": channels,
             "pretrained_module": None,
             "pretrained_has_running_stats": False,
-            **(extra or {}),
-        })
+        }
+        if extra:
+            self._cache.update(extra)
         self._tensors = tensors
         self._tensor_facts = tensor_facts
 

@@ -12,7 +12,7 @@ from ckptlint.align.alignment import Pair
 from ckptlint.facts.compare import compare, narrower, shape_cause
 from ckptlint.facts.lazy import LazyFacts, provides
 from ckptlint.facts.tensor import TensorFacts, resembled_init
-from ckptlint.vocabulary import CARRIED
+from ckptlint.vocabulary import CARRIED, COUNTER_LEAF
 
 COMPARISON = ("bit_equal equal_after_cast cast_through max_abs_error rel_error cosine correlation std_ratio verdict "
               "init "
@@ -29,7 +29,6 @@ MODIFIED_MIN_T = 4.0
 # When one side is constant there is no correlation; only closeness can say "it moved" (from
 # an untrained file's BatchNorm at 1 and 0, say), so it must be close.
 CONSTANT_MAX_REL_ERROR = 0.05  # within 5%: independent trained BatchNorm weights sit ~20% from 1
-COUNTER_LEAF = "num_batches_tracked"  # a step counter, not a weight: never decides a verdict's severity
 
 
 def _histograms(target: np.ndarray, pretrained: np.ndarray) -> dict[str, list[float]] | None:

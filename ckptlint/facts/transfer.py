@@ -21,7 +21,7 @@ from ckptlint.facts.tensor import TensorFacts
 from ckptlint.graph.build import split_key
 from ckptlint.options import TransferOptions
 from ckptlint.results import OutsideScope, Score, TargetTransfer
-from ckptlint.vocabulary import CARRIED, TRANSFER
+from ckptlint.vocabulary import CARRIED, COUNTER_LEAF, TRANSFER
 
 
 class Reference(Protocol):
@@ -150,12 +150,12 @@ class TransferAnalysis:
                                       facts["verdict"] in CARRIED, facts["verdict"]))
         for key in self.alignment.unused_pretrained:
             canonical = canonical_name(key)
-            if not is_head(canonical) and not key.endswith("num_batches_tracked"):
+            if not is_head(canonical) and not key.endswith(COUNTER_LEAF):
                 entries.append(ScoreEntry(stage_of(canonical), None,
                                           self.pretrained.tensors[key].numel, False, "missing"))
         scope = self.alignment.scope
         for key in self.alignment.unmatched_target:
-            if not key.endswith("num_batches_tracked"):
+            if not key.endswith(COUNTER_LEAF):
                 relative = key[len(scope) + 1:] if scope else key
                 entries.append(ScoreEntry(stage_of(canonical_name(relative)), split_key(key)[0],
                                           self.target.tensors[key].numel, False, "unmatched"))

@@ -21,26 +21,67 @@ def parent_of(module: str) -> str:
     return module.rpartition(".")[0]
 
 
+class ModuleTable:
+    """The module graph as plain dictionaries: what a check walks. A networkx graph costs about
+    a kilobyte and several allocations per module (node, successor, predecessor and edge
+    dictionaries); with a million modules that was seconds and most of the memory, so the check
+    uses this table and the graph is made from it only when asked (``graph()``)."""
+
+    __slots__ = ("children", "kinds", "leaves")
+
+    def __init__(self, tensors: Mapping[str, Shaped]) -> None:
+        # module path -> leaf name -> tensor key, in the order modules are met (the root first,
+        # ancestors before descendants); the graph's node order
+        self.leaves: dict[str, dict[str, str]] = {ROOT: {}}
+        self.children: dict[str, list[str]] = {}  # parent -> children, in the order they were met
+        leaves, children = self.leaves, self.children
+        for key in tensors:
+            module, _, leaf = key.rpartition(".")
+            held = leaves.get(module)
+            if held is None:
+                missing = [module]  # it and its ancestors not met yet, deepest first
+                parent = module.rpartition(".")[0]
+                while parent not in leaves:
+                    missing.append(parent)
+                    parent = parent.rpartition(".")[0]
+                for child in reversed(missing):  # top-down, as when added one by one from the root
+                    leaves[child] = {}
+                    parent = child.rpartition(".")[0]
+                    siblings = children.get(parent)
+                    if siblings is None:
+                        children[parent] = [child]
+                    else:
+                        siblings.append(child)
+                held = leaves[module]
+            held[leaf] = key
+        self.kinds: dict[str, str] = {module: infer_kind(module, {leaf: tensors[key] for leaf, key in held.items()})
+                                      for module, held in leaves.items()}
+
+    def preorder(self) -> list[str]:
+        """The modules depth-first from the root, children in the order they were met (what
+        ``networkx.dfs_preorder_nodes(graph, "")`` gives)."""
+        children, order, stack = self.children, [], [ROOT]
+        while stack:
+            path = stack.pop()
+            order.append(path)
+            below = children.get(path)
+            if below:
+                stack.extend(reversed(below))
+        return order
+
+    def graph(self) -> nx.DiGraph:
+        """The networkx graph of these modules (see ``build_module_graph``)."""
+        graph: nx.DiGraph[str] = nx.DiGraph()
+        graph.add_nodes_from((module, {"tensors": held, "kind": self.kinds[module]})
+                             for module, held in self.leaves.items())
+        graph.add_edges_from(((parent, child) for parent in self.leaves for child in self.children.get(parent, ())),
+                             relation="contains")
+        return graph
+
+
 def build_module_graph(tensors: Mapping[str, Shaped]) -> nx.DiGraph:
     """One node per module path (the root is ``""``), ``contains`` edges parent -> child.
 
     Node attributes: ``kind`` (one of vocabulary.MODULE_KINDS) and ``tensors`` (leaf name -> tensor key).
     """
-    graph: nx.DiGraph[str] = nx.DiGraph()
-    graph.add_node(ROOT, tensors={})
-    for key in tensors:
-        module, leaf = split_key(key)
-        _add_module(graph, module)
-        graph.nodes[module]["tensors"][leaf] = key
-    for module, data in graph.nodes(data=True):
-        data["kind"] = infer_kind(module, {leaf: tensors[key] for leaf, key in data["tensors"].items()})
-    return graph
-
-
-def _add_module(graph: nx.DiGraph, module: str) -> None:
-    if module in graph:
-        return
-    parent = parent_of(module)
-    _add_module(graph, parent)
-    graph.add_node(module, tensors={})
-    graph.add_edge(parent, module, relation="contains")
+    return ModuleTable(tensors).graph()

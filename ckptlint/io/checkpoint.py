@@ -8,13 +8,16 @@ import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ckptlint.errors import CheckpointError
 from ckptlint.io.dtypes import DType, widen
 from ckptlint.io.unpickler import PickleGlobal
+
+# numpy is imported by ``Checkpoint.read`` alone: only a tensor's values need it, and a run that
+# judges just the pickles (a pre-commit hook's security check) should not pay for importing it.
+if TYPE_CHECKING:
+    import numpy as np
 
 _C = TypeVar("_C", bound="Checkpoint")  # __enter__ returns the subclass it is called on
 
@@ -141,6 +144,8 @@ class Checkpoint:
 
     def read(self, key: str) -> np.ndarray:
         """Read one tensor's values as a numpy array (bfloat16/float8 widened to float32)."""
+        import numpy as np  # see the module's imports
+
         ref = self.tensors[key]
         raw_type = np.dtype(ref.dtype.raw).newbyteorder(">" if ref.big_endian else "<")
         begin, end = ref.element_span()

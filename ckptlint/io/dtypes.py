@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
-import numpy as np
+# numpy is imported only to build the float8 tables (``_lookup_table``), when values are widened:
+# reading a file's structure and pickles, all a pickle-safety-only run does, never needs it, and
+# importing it costs more than scanning a small checkpoint.
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -21,13 +27,30 @@ class DType:
         return self.kind == "float"
 
 
-def _fp8_table(exp_bits: int, man_bits: int, bias: int, style: str) -> np.ndarray:
-    """Decode all 256 codes of an 8-bit float format to float32.
+# The 8-bit float formats (exponent bits, mantissa bits, bias, style), each widened through a
+# 256-entry table. style: "ieee" (inf and NaN at the top exponent), "fn" (no inf; NaN only when
+# every exponent and mantissa bit is set), "fnuz" (no inf, no negative zero; NaN is 0x80),
+# "e8m0" (an exponent only, 2**(code - 127); 0xFF is NaN).
+_FLOAT8_FORMATS = {
+    "float8_e4m3fn": (4, 3, 7, "fn"),
+    "float8_e5m2": (5, 2, 15, "ieee"),
+    "float8_e4m3fnuz": (4, 3, 8, "fnuz"),
+    "float8_e5m2fnuz": (5, 2, 16, "fnuz"),
+    "float8_e8m0fnu": (8, 0, 127, "e8m0"),
+}
 
-    style: "ieee" (inf and NaN at the top exponent), "fn" (no inf; NaN only when every
-    exponent and mantissa bit is set), "fnuz" (no inf, no negative zero; NaN is 0x80).
-    """
+
+@cache
+def _lookup_table(name: str) -> np.ndarray:
+    """All 256 codes of an 8-bit float format decoded to float32 (made on first use)."""
+    import numpy as np  # the module's only import of numpy: see above
+
+    exp_bits, man_bits, bias, style = _FLOAT8_FORMATS[name]
     codes = np.arange(256, dtype=np.int64)
+    if style == "e8m0":
+        values = np.exp2(codes.astype(np.float64) - bias)
+        values[255] = np.nan
+        return values.astype(np.float32)
     sign = np.where(codes >> 7, -1.0, 1.0)
     exp = (codes >> man_bits) & ((1 << exp_bits) - 1)
     man = codes & ((1 << man_bits) - 1)
@@ -46,22 +69,6 @@ def _fp8_table(exp_bits: int, man_bits: int, bias: int, style: str) -> np.ndarra
     return values.astype(np.float32)
 
 
-def _e8m0_table() -> np.ndarray:
-    """Decode float8_e8m0fnu: an exponent only, 2**(code - 127); 0xFF is NaN."""
-    codes = np.arange(256, dtype=np.float64)
-    values = np.exp2(codes - 127)
-    values[255] = np.nan
-    return values.astype(np.float32)
-
-
-_LOOKUP_TABLES = {
-    "float8_e4m3fn": _fp8_table(4, 3, 7, "fn"),
-    "float8_e5m2": _fp8_table(5, 2, 15, "ieee"),
-    "float8_e4m3fnuz": _fp8_table(4, 3, 8, "fnuz"),
-    "float8_e5m2fnuz": _fp8_table(5, 2, 16, "fnuz"),
-    "float8_e8m0fnu": _e8m0_table(),
-}
-
 DTYPES: dict[str, DType] = {
     d.name: d
     for d in [
@@ -69,7 +76,7 @@ DTYPES: dict[str, DType] = {
         DType("float32", 4, "<f4", "float"),
         DType("float16", 2, "<f2", "float"),
         DType("bfloat16", 2, "<u2", "float"),
-        *(DType(name, 1, "u1", "float") for name in _LOOKUP_TABLES),
+        *(DType(name, 1, "u1", "float") for name in _FLOAT8_FORMATS),
         DType("complex128", 16, "<c16", "complex"),
         DType("complex64", 8, "<c8", "complex"),
         DType("int64", 8, "<i8", "int"),
@@ -151,9 +158,9 @@ def widen(raw: np.ndarray, dtype: DType) -> np.ndarray:
     every such value is representable); booleans become ``bool``; the rest keep their type.
     """
     if dtype.name == "bfloat16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    if dtype.name in _LOOKUP_TABLES:
-        return _LOOKUP_TABLES[dtype.name][raw]
+        return (raw.astype("<u4") << 16).view("<f4")
+    if dtype.name in _FLOAT8_FORMATS:
+        return _lookup_table(dtype.name)[raw]
     if dtype.kind == "bool":
         return raw != 0
     return raw

@@ -65,13 +65,7 @@ def fixtures_module():
 def timed(*commands: list[str], repeat: int) -> list[float]:
     """Median wall time of each command (output discarded), the commands taking turns so that
     a slow spell of the machine falls on all of them alike."""
-    times: list[list[float]] = [[] for _ in commands]
-    for _ in range(repeat):
-        for command, series in zip(commands, times, strict=True):
-            start = time.perf_counter()
-            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            series.append(time.perf_counter() - start)
-    return [statistics.median(series) for series in times]
+    return [statistics.median(series) for series in real_detr.timed_series(*commands, repeat=repeat)]
 
 
 def byte_compile_ckptlint() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ckptlint.io.dtypes import DTYPES
 
+PROBE = 4096  # values: a drifted tensor differs in its first few already
 CHUNK = 1 << 22  # elements compared at a time: float64 copies of a chunk, not of the tensor
 EQUAL_CHUNK = 1 << 17  # words per step of the bit-equality test (its temporary stays in cache)
 
@@ -52,8 +53,13 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _equal_rounded(target: np.ndarray, pretrained: np.ndarray, dtype: str) -> bool:
-    """``target`` holds exactly ``pretrained`` rounded to ``dtype`` (chunks; the first
-    difference ends it, so a drifted tensor costs one chunk)."""
+    """``target`` holds exactly ``pretrained`` rounded to ``dtype`` (a probe of the first values,
+    then chunks; the first difference ends it, so a drifted tensor costs a probe: asked twice for
+    every drifted float32 pair, whole chunks were 0.6 s of a fine-tuned DETR check)."""
+    probe = slice(0, min(PROBE, target.size))
+    rounded = round_to(pretrained[probe], dtype)
+    if rounded is None or not np.array_equal(rounded, target[probe], equal_nan=True):
+        return False
     for start in range(0, target.size, CHUNK):
         rounded = round_to(pretrained[start:start + CHUNK], dtype)
         if rounded is None or not np.array_equal(rounded, target[start:start + CHUNK], equal_nan=True):

@@ -3,14 +3,19 @@ was found. Strategies run in order; each only sees the keys the earlier ones lef
 
 1. user maps (``--map OLD=NEW``: target prefix OLD is pretrained prefix NEW) — always win;
 2. exact names;
+2b. conversion tables (``data/conversions.toml``: another codebase's names, and the tensors it
+   keeps fused — ``in_proj_weight`` — where this one keeps them split, or the reverse): pairs
+   ``renamed``, ``split`` (a target tensor is rows ``a:b`` of a pretrained one, whose key is then
+   ``name[a:b]``) and ``fused`` (rows ``a:b`` of a target tensor are a pretrained tensor);
 3. inferred prefixes (``backbone.0.body.`` <-> root, ``module.``, ``resnet.``), chosen by votes;
 4. naming-scheme tables (``data/naming_schemes.toml``): both sides rewritten to torchvision
    names, then 2 and 3 again;
 5. longest common dotted suffix (detectron2's method: equal shapes, and a suffix naming at
    least two modules or leaves, so ``1.weight`` proves nothing); a pretrained key that two
    target keys would claim is reported as ambiguous, never guessed;
-6. bit-identical content (a hash per tensor), whatever the names — only between still-unmatched
-   tensors of the same shape and dtype, so few tensors are read.
+6. bit-identical content (a hash per tensor, or per block of rows: a split or fused tensor),
+   whatever the names — only between still-unmatched tensors of the same dtype and trailing
+   shape, so few tensors are read.
 
 No step compares every key with every other: each is a dictionary lookup per key and dot.
 """
@@ -19,11 +24,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ckptlint.align.conversions import Canonical, conversions
 from ckptlint.align.schemes import canonical_name, schemes
-from ckptlint.io.checkpoint import TensorRef
+from ckptlint.io.checkpoint import TensorRef, lookup_ref, row_view_key
 
 MIN_SUFFIX_PARTS = 2  # "weight" alone says nothing; "conv1.weight" starts to
 MIN_PREFIX_SHARE = 0.25  # of the smaller side's unmatched keys
@@ -34,7 +40,7 @@ MAX_VOTERS = 4  # a suffix shared by more pretrained keys than this does not vot
 class Pair:
     target: str
     pretrained: str
-    how: str  # user-map, exact, prefix, scheme:<name>, suffix, content
+    how: str  # user-map, exact, renamed, split, fused, prefix, scheme:<name>, suffix, content
     canonical: str  # the pretrained key in torchvision names from the ResNet's root on (schemes.canonical_name)
 
 
@@ -49,6 +55,22 @@ class Alignment:
     ambiguous: dict[str, list[str]] = field(default_factory=dict)  # target -> candidates
     prefix: tuple[str, str] = ("", "")  # (target side, pretrained side) when inferred
     maps_used: set[tuple[str, str]] = field(default_factory=set)  # user maps that paired something
+
+
+class _WithRowViews(Mapping[str, TensorRef]):
+    """The tensors, and the row views (``name[a:b]``) the conversion step makes of them."""
+
+    def __init__(self, tensors: Mapping[str, TensorRef]) -> None:
+        self._tensors = tensors
+
+    def __getitem__(self, key: str) -> TensorRef:
+        return lookup_ref(self._tensors, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 def _suffixes(key: str) -> list[tuple[str, str]]:
@@ -99,6 +121,17 @@ class _Matcher:
         del self.left_t[t]
         del self.left_p[p]
 
+    @staticmethod
+    def split(left: dict[str, None], key: str, rows: list[int]) -> list[str]:
+        """Replace ``key`` among the unmatched by its row blocks (each of ``rows`` rows)."""
+        del left[key]
+        views, start = [], 0
+        for count in rows:
+            views.append(row_view_key(key, start, start + count))
+            start += count
+        left.update(dict.fromkeys(views))
+        return views
+
     def by_names(self, view: Callable[[str], str], how: str) -> None:
         """Exact, then prefixed, matches between the keys as ``view`` renames them."""
         view_t = {view(k): k for k in self.left_t}
@@ -126,6 +159,7 @@ def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
           read_pretrained: Callable[[str], bytes] | None = None,
           scope_from: Callable[[Pair], bool] = lambda pair: True) -> Alignment:
     """Pair target keys with pretrained keys; see the module docstring for the order."""
+    target, pretrained = _WithRowViews(target), _WithRowViews(pretrained)
     match = _Matcher(list(target), list(pretrained))
     maps_used = set()
     for old, new in user_maps:
@@ -135,6 +169,9 @@ def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
                 match.take(t, p, "user-map", canonical_name(p))
                 maps_used.add((old, new))
     match.by_names(lambda k: k, "")
+    for conversion in conversions():
+        if any(conversion.renames(k) for k in (*match.left_t, *match.left_p)):
+            _match_conversion(match, conversion.canonical, target, pretrained)
     for scheme in schemes():
         if any(scheme.canonical(k) != k for k in (*match.left_t, *match.left_p)):
             match.by_names(scheme.canonical, f"scheme:{scheme.name}")
@@ -145,6 +182,58 @@ def align(target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef],
         scope = _infer_scope([p.target for p in match.pairs if scope_from(p)])
     in_scope = [k for k in match.left_t if not scope or k.startswith(scope + ".")]
     return Alignment(match.pairs, scope, in_scope, list(match.left_p), ambiguous, match.prefix, maps_used)
+
+
+def _fits(rows: list[int], whole: TensorRef, parts: list[TensorRef]) -> bool:
+    """Whether ``parts`` stacked along the first dimension make ``whole``'s shape."""
+    return bool(whole.shape) and sum(rows) == whole.shape[0] and all(p.shape[1:] == whole.shape[1:] for p in parts)
+
+
+def _match_conversion(match: _Matcher, canonical: Callable[[str], Canonical],
+                      target: Mapping[str, TensorRef], pretrained: Mapping[str, TensorRef]) -> None:
+    """Pairs by a conversion table's names: renamed tensors, and fused tensors with their parts
+    (shapes must fit; the values decide later whether the pair holds)."""
+    names_t = {k: canonical(k) for k in match.left_t}
+    whole_p: dict[str, str] = {}
+    parts_p: dict[str, dict[int, str]] = defaultdict(dict)  # fused name -> part -> pretrained key
+    counts_p: dict[str, int] = {}
+    for k in match.left_p:
+        c = canonical(k)
+        if c.parts == 1:
+            whole_p[c.name] = k
+        else:
+            parts_p[c.name][c.part], counts_p[c.name] = k, c.parts
+    split_t: dict[str, dict[int, str]] = defaultdict(dict)
+    for t, c in names_t.items():
+        if c.parts == 1 and whole_p.get(c.name) in match.left_p:
+            match.take(t, whole_p[c.name], "renamed", canonical_name(c.name))
+        elif c.parts == 1 and c.name in counts_p and len(parts_p[c.name]) == counts_p[c.name]:
+            _fuse(match, t, [parts_p[c.name][i] for i in sorted(parts_p[c.name])], target, pretrained, c.name)
+        elif c.parts > 1 and parts_p.get(c.name, {}).get(c.part) in match.left_p:
+            match.take(t, parts_p[c.name][c.part], "renamed", canonical_name(c.name))
+        elif c.parts > 1:
+            split_t[c.name][c.part] = t
+    for name, parts in split_t.items():
+        p = whole_p.get(name)
+        count = names_t[next(iter(parts.values()))].parts
+        if p is None or p not in match.left_p or not pretrained[p].shape or pretrained[p].shape[0] % count:
+            continue
+        rows = [pretrained[p].shape[0] // count] * count
+        if any(target[t].shape != (rows[0], *pretrained[p].shape[1:]) for t in parts.values()):
+            continue
+        views = match.split(match.left_p, p, rows)
+        for part, t in sorted(parts.items()):
+            match.take(t, views[part], "split", canonical_name(name))
+
+
+def _fuse(match: _Matcher, t: str, parts: list[str], target: Mapping[str, TensorRef],
+          pretrained: Mapping[str, TensorRef], name: str) -> None:
+    """Pair the row blocks of a fused target tensor with the pretrained parts, when they fit."""
+    rows = [pretrained[p].shape[0] if pretrained[p].shape else 0 for p in parts]
+    if not all(rows) or not _fits(rows, target[t], [pretrained[p] for p in parts]):
+        return
+    for view, p in zip(match.split(match.left_t, t, rows), parts, strict=True):
+        match.take(view, p, "fused", canonical_name(name))
 
 
 def _telling_suffixes(key: str) -> list[str]:
@@ -196,6 +285,56 @@ def _match_content(match: _Matcher, target: Mapping[str, TensorRef], pretrained:
             candidates = [c for c in by_hash.get(digest, []) if c in match.left_p]
             if len(candidates) == 1:
                 match.take(key, candidates[0], "content", canonical_name(candidates[0]))
+    _match_blocks(match, target, pretrained, read_target, read_pretrained, split=True)
+    _match_blocks(match, pretrained, target, read_pretrained, read_target, split=False)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _match_blocks(match: _Matcher, parts: Mapping[str, TensorRef], wholes: Mapping[str, TensorRef],
+                  read_part: Callable[[str], bytes], read_whole: Callable[[str], bytes], split: bool) -> None:
+    """Bit-identical blocks of rows, whatever the names: a target tensor that is rows ``a:b`` of a
+    pretrained one (``split``), or the reverse (fused). Only still-unmatched tensors of the same
+    dtype and trailing shape whose row counts divide are read."""
+    left_parts, left_wholes = (match.left_t, match.left_p) if split else (match.left_p, match.left_t)
+    rows_wanted: dict[tuple[tuple[int, ...], str], set[int]] = defaultdict(set)
+    for key in left_parts:
+        ref = parts[key]
+        if ref.shape and ref.numel:
+            rows_wanted[ref.shape[1:], ref.dtype.name].add(ref.shape[0])
+    blocks: dict[str, list[tuple[str, int, int]]] = defaultdict(list)  # digest -> (whole, first row, rows)
+    for key in list(left_wholes):
+        ref = wholes[key]
+        counts = [n for n in rows_wanted.get((ref.shape[1:], ref.dtype.name), ()) if ref.shape and
+                  n < ref.shape[0] and ref.shape[0] % n == 0]
+        if not counts:
+            continue
+        data = read_whole(key)
+        row_bytes = len(data) // ref.shape[0]
+        for rows in counts:
+            for start in range(0, ref.shape[0], rows):
+                blocks[_digest(data[start * row_bytes:(start + rows) * row_bytes])].append((key, start, rows))
+    if not blocks:
+        return
+    for key in list(left_parts):
+        ref = parts[key]
+        if not ref.shape or not ref.numel or (ref.shape[1:], ref.dtype.name) not in rows_wanted:
+            continue
+        found = [b for b in blocks.get(_digest(read_part(key)), []) if b[2] == ref.shape[0]]
+        if len(found) != 1:
+            continue
+        whole, start, rows = found[0]
+        view = row_view_key(whole, start, start + rows)
+        if view not in left_wholes:
+            if whole not in left_wholes:
+                continue
+            match.split(left_wholes, whole, [rows] * (wholes[whole].shape[0] // rows))
+        if split:
+            match.take(key, view, "split", canonical_name(whole))
+        else:
+            match.take(view, key, "fused", canonical_name(key))
 
 
 def _infer_scope(paired_targets: list[str]) -> str:

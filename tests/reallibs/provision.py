@@ -49,8 +49,8 @@ OVERLAY_REQUIREMENTS = HERE / "requirements-tf4-overlay.txt"
 # whose source is part of the part's cache key).
 PARTS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "tv": ("build_torchvision.py", False, ("build_torchvision.py", "detr_original.py", "common.py")),
-    "hf5": ("build_hf.py", False, ("build_hf.py", "common.py")),
-    "hf4": ("build_hf.py", True, ("build_hf.py", "common.py")),
+    "hf5": ("build_hf.py", False, ("build_hf.py", "detr_conversion.py", "detr_original.py", "common.py")),
+    "hf4": ("build_hf.py", True, ("build_hf.py", "detr_conversion.py", "detr_original.py", "common.py")),
 }
 
 Log = Callable[[str], None]

@@ -14,6 +14,10 @@ Files (T = 4 or 5, the transformers major version that wrote them):
                                             ignore_mismatched_sizes=True) of it
     hf5 only: hf5-timm-assembled-native/    save_pretrained(save_original_format=False)
               hf5-timm-assembled-statedict.pth   torch.save(model.state_dict())
+    hfT-converted/, hfT-original.pth        a trained-looking DETR, and the same weights in original
+                                            DETR naming ({'model': sd}, detr_conversion.hf_to_original)
+    hfT-conv-*/                             hfT-converted with one planted conversion bug each
+    hf5 only: hf5-converted-native/         save_pretrained(save_original_format=False)
 """
 
 from __future__ import annotations
@@ -32,10 +36,21 @@ import timm
 import torch
 import transformers
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig, ResNetForImageClassification, ResNetModel
 
-from common import Manifest, make_trained_looking, random_images, relative_l2, seed_everything, setup, state_summary
+import detr_conversion as conv
+from common import (
+    Manifest,
+    _surrogate_long_training,
+    make_trained_looking,
+    random_images,
+    relative_l2,
+    seed_everything,
+    setup,
+    state_summary,
+)
+from detr_original import build_detr, default_args
 
 MAJOR = int(transformers.__version__.split(".")[0])
 SEEDS = {"timm-r50": 5000, "hfresnet-r50": 5001, "detr-timm": 7000, "detr-hfresnet": 7001,
@@ -156,6 +171,184 @@ def finetune(detr: DetrForObjectDetection, seed: int, num_labels: int) -> dict:
     detr.eval()
     return dict(cfg, seed=seed, losses=losses, backbone_params_in_optimizer=len(backbone),
                 other_params_in_optimizer=len(rest))
+
+
+# -- conversion scenarios (issue 14): seeded apart from SEEDS, built after everything above ----------
+CONVERSION_SEED = 7400
+PLANTED_LAYER = {"qk-swapped": 2, "transposed": 3, "wrong-offset": 4, "bias-dropped": 1, "bias-missing": 1,
+                 "layernorm-init": 1}
+
+
+def converted_detr(timm_sd: dict) -> tuple[DetrForObjectDetection, dict]:
+    """A DETR as a finished conversion leaves it: backbone from timm-r50, the transformer and heads
+    random and trained-looking (LayerNorms off 1/0, biases off 0), so a tensor left at its init
+    differs from the reference. Returns the model and its fresh in-memory state."""
+    gen = seed_everything(CONVERSION_SEED)
+    detr = DetrForObjectDetection(detr_config("timm"))
+    fresh = {k: v.clone() for k, v in detr.state_dict().items()}
+    encoder_of(detr).model.load_state_dict(timm_sd, strict=False)
+    for module in (detr.model.input_projection, detr.model.encoder, detr.model.decoder,
+                   detr.class_labels_classifier, detr.bbox_predictor):
+        _surrogate_long_training(module, gen)
+    detr.eval()
+    return detr, fresh
+
+
+def memory_key(detr: DetrForObjectDetection, disk_key: str) -> str:
+    """The in-memory name of a file key (transformers 5 renames some in memory)."""
+    names = detr.state_dict()
+    key = disk_key if disk_key in names else conv.v5_in_memory_name(disk_key)
+    assert key in names, disk_key
+    return key
+
+
+def original_detr_order(original: dict) -> tuple[dict, dict]:
+    """The original-named tensors in detr_original's state_dict order, after checking that the
+    reproduced original DETR loads them with strict=True."""
+    model = build_detr(default_args(), num_classes=91)
+    result = model.load_state_dict(original, strict=True)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], original[k]) for k in loaded)
+    return {k: original[k] for k in loaded}, {"strict": True, "missing_keys": list(result.missing_keys),
+                                                "unexpected_keys": list(result.unexpected_keys)}
+
+
+def _rows(source: list | tuple) -> dict:
+    key, start, end = source
+    return {"pretrained_key": key, "rows": None if start is None else [start, end]}
+
+
+def plant(bug: str, hf: dict, original: dict, fresh_at: dict) -> tuple[dict, list[dict]]:
+    """The converted tensors with one bug: {file key: new value}, and what each change is."""
+    i = PLANTED_LAYER[bug]
+    mapping = conv.conversion_map(list(hf))
+    if bug == "qk-swapped":
+        att = f"model.encoder.layers.{i}.self_attn"
+        pairs = [(f"{att}.q_proj.{leaf}", f"{att}.k_proj.{leaf}") for leaf in ("weight", "bias")]
+        pairs += [(b, a) for a, b in pairs]
+        return ({a: hf[b] for a, b in pairs},
+                [{"key": a, "expected": _rows(mapping[a]), "written": _rows(mapping[b])} for a, b in pairs])
+    if bug == "transposed":
+        key = f"model.decoder.layers.{i}.self_attn.out_proj.weight"
+        return ({key: hf[key].t().contiguous()},
+                [{"key": key, "expected": _rows(mapping[key]), "written": dict(_rows(mapping[key]), transposed=True)}])
+    if bug == "wrong-offset":
+        key = f"model.decoder.layers.{i}.encoder_attn.v_proj.weight"
+        source, start, end = mapping[key]
+        half = (end - start) // 2
+        wrong = (source, start - half, end - half)
+        return ({key: original[source][wrong[1]:wrong[2]].clone()},
+                [{"key": key, "expected": _rows(mapping[key]), "written": _rows(wrong)}])
+    if bug in ("bias-dropped", "bias-missing"):
+        key = f"model.encoder.layers.{i}.self_attn.v_proj.bias"
+        assert not fresh_at(key).any(), "the fresh v_proj bias is zeros"
+        written = {"absent": True} if bug == "bias-missing" else {"init": "zeros (the fresh model's value)"}
+        return {key: fresh_at(key)}, [{"key": key, "expected": _rows(mapping[key]), "written": written}]
+    if bug == "layernorm-init":
+        norm = f"model.decoder.layers.{i}.final_layer_norm"
+        values = {f"{norm}.weight": torch.ones(conv.D_MODEL), f"{norm}.bias": torch.zeros(conv.D_MODEL)}
+        assert all(torch.equal(v, fresh_at(k)) for k, v in values.items()), "the fresh LayerNorm is 1/0"
+        return values, [{"key": k, "expected": _rows(mapping[k]),
+                         "written": {"init": "ones" if k.endswith("weight") else "zeros"}} for k in values]
+    raise ValueError(bug)
+
+
+BUG_WHAT = {
+    "qk-swapped": "encoder layer {i} self_attn: q_proj and k_proj weights and biases swapped (q took in_proj rows "
+                  "256:512, k rows 0:256)",
+    "transposed": "decoder layer {i} self_attn.out_proj.weight stored transposed (256x256: the shape still fits)",
+    "wrong-offset": "decoder layer {i} encoder_attn.v_proj.weight sliced from multihead_attn.in_proj_weight rows "
+                    "384:640 instead of 512:768 (half a block early)",
+    "bias-dropped": "encoder layer {i} self_attn.v_proj.bias never copied: left at its init (zeros)",
+    "bias-missing": "encoder layer {i} self_attn.v_proj.bias never written: the key is absent from the file",
+    "layernorm-init": "decoder layer {i} final_layer_norm (original norm3) never loaded: weight ones, bias zeros",
+}
+
+
+def write_planted(detr: DetrForObjectDetection, folder: Path, values: dict, converted: Path,
+                  hf: dict, bug: str) -> dict:
+    """Save the converted model with the planted values (save_pretrained), or, for a key that must be
+    absent, the file without it (save_file + the converted config.json). Returns the file's tensors."""
+    if bug == "bias-missing":
+        folder.mkdir()
+        (folder / "config.json").write_bytes((converted / "config.json").read_bytes())
+        save_file({k: v for k, v in hf.items() if k not in values}, str(folder / "model.safetensors"),
+                  metadata={"format": "pt"})
+        return load_file(str(folder / "model.safetensors"))
+    state = detr.state_dict()
+    saved = {k: state[memory_key(detr, k)].clone() for k in values}
+    with torch.no_grad():
+        for key, value in values.items():
+            state[memory_key(detr, key)].copy_(value)
+        detr.save_pretrained(folder)
+        for key, value in saved.items():
+            state[memory_key(detr, key)].copy_(value)
+    return load_file(str(folder / "model.safetensors"))
+
+
+def build_conversion(out: Path, manifest: Manifest, tag: str, timm_sd: dict) -> dict:
+    """hfT-converted, hfT-original and the planted conversion bugs; returns the timings."""
+    timings = {}
+    start = time.monotonic()
+    detr, fresh = converted_detr(timm_sd)
+    name = f"{tag}-converted"
+    detr.save_pretrained(out / name)
+    hf = load_file(str(out / name / "model.safetensors"))
+    original, strict = original_detr_order(conv.hf_to_original(hf))
+    round_trip = conv.bit_identical(conv.original_to_hf(original), hf)
+    assert round_trip, "transformers' forward conversion does not give the HF tensors back"
+    original_file = f"{tag}-original.pth"
+    torch.save({"model": original}, out / original_file)
+    (out / "keys").mkdir(exist_ok=True)
+    (out / "keys" / f"{tag}-conversion-map.json").write_text(json.dumps(conv.conversion_map(list(hf)), indent=1))
+    conversion = {"inverse": "detr_conversion.hf_to_original (table-driven)",
+                  "forward": "detr_conversion.original_to_hf, transcribing transformers' "
+                             "convert_detr_original_pytorch_checkpoint_to_pytorch.py (not in the wheel)",
+                  "round_trip_bit_identical": round_trip, "original_detr_load": strict,
+                  "map": f"keys/{tag}-conversion-map.json (HF key -> [original key, first row, end row])"}
+    manifest.add(f"{tag}-original", kind="pretrained", files={"checkpoint": original_file},
+                 layout="{'model': state_dict} (torch.save), as facebookresearch/detr's main.py saves",
+                 what=f"{name}'s tensors in original DETR naming (in_proj fused q, k, v), in the reproduced "
+                      "original DETR's key order", conversion=conversion, state=state_summary(original))
+    pair = {"target": "target", "pretrained": "pretrained"}
+    manifest.add(name, kind="target", files={"target": name, "pretrained": original_file}, checks=[pair],
+                 layout="Hugging Face model folder (save_pretrained)",
+                 what="DetrForObjectDetection (timm resnet-50, use_pretrained_backbone=False), backbone loaded from "
+                      "timm-r50, transformer and heads random then made trained-looking (common's long-training "
+                      "surrogate): a correct conversion of the original",
+                 planted={"seed": CONVERSION_SEED, "conversion": conversion},
+                 key_names=key_facts(detr, out / name, name, out), state=state_summary(hf))
+    if MAJOR >= 5:
+        native = f"{tag}-converted-native"
+        detr.save_pretrained(out / native, save_original_format=False)
+        native_sd = load_file(str(out / native / "model.safetensors"))
+        # memory_key relies on V5_IN_MEMORY: it must name every tensor as transformers 5 does.
+        assert conv.bit_identical(native_sd, {conv.v5_in_memory_name(k): v for k, v in hf.items()})
+        manifest.add(native, kind="target", files={"target": native, "pretrained": original_file}, checks=[pair],
+                     layout="Hugging Face model folder, save_original_format=False",
+                     what=f"{name} saved with the in-memory transformers-5 names (o_proj, mlp.fc1, "
+                          "model.backbone.model.*)", planted={"as": name},
+                     key_names=key_facts(detr, out / native, native, out), state=state_summary(native_sd))
+    timings[name] = round(time.monotonic() - start, 1)
+    for bug in BUG_WHAT:
+        start = time.monotonic()
+        values, changes = plant(bug, hf, original, lambda k: fresh[memory_key(detr, k)])
+        for change in changes:
+            change["in_memory_key"] = memory_key(detr, change["key"])
+        bug_name = f"{tag}-conv-{bug}"
+        written = write_planted(detr, out / bug_name, values, out / name, hf, bug)
+        differing = sorted(k for k in hf if k not in written or not torch.equal(written[k], hf[k]))
+        assert differing == sorted(values), (bug, differing)
+        manifest.add(bug_name, kind="target", files={"target": bug_name, "pretrained": original_file},
+                     checks=[pair], what=f"{name} with one conversion bug: "
+                                         f"{BUG_WHAT[bug].format(i=PLANTED_LAYER[bug])}",
+                     layout="model.safetensors (safetensors.torch.save_file, without the key) + config.json"
+                            if bug == "bias-missing" else "Hugging Face model folder (save_pretrained)",
+                     planted={"as": name, "bug": bug, "changed": changes,
+                              "unchanged": f"every other tensor equals {name}'s"},
+                     state=state_summary(written))
+        timings[bug_name] = round(time.monotonic() - start, 1)
+    return timings
 
 
 def main() -> int:
@@ -331,6 +524,9 @@ def main() -> int:
                           "shapes": {k: list(sd2[k].shape) for k in mismatched}},
                  state=state_summary(sd2))
     timings["labels"] = round(time.monotonic() - start, 1)
+    del detr2
+
+    timings.update(build_conversion(out, manifest, tag, timm_sd))
 
     manifest.data["key_names_and_freezing"] = {"transformers": transformers.__version__, **versions_facts}
     manifest.data["timings_seconds"] = timings

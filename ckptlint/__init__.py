@@ -7,10 +7,14 @@ first use.
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "CkptlintError", "Finding", "Report", "__version__", "lint", "open_checkpoint"]
+__all__ = ["CheckpointError", "CkptlintError", "Finding", "Report", "__version__", "diff", "lint", "lint_many",
+           "merge_reports", "open_checkpoint"]
 
 _LAZY = {
     "lint": "ckptlint.python_api",
+    "diff": "ckptlint.python_api",
+    "lint_many": "ckptlint.python_api",
+    "merge_reports": "ckptlint.merge",
     "Report": "ckptlint.results",
     "Finding": "ckptlint.results",
     "open_checkpoint": "ckptlint.io.open",

@@ -6,7 +6,7 @@ import gc
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -58,6 +58,25 @@ def _emit(text: str, output: str | None) -> None:
         click.echo(text, nl=False)
 
 
+def _report_options(command: Callable[..., int]) -> Callable[..., int]:
+    """The options check and diff share: the report's format and place, configuration, rule
+    selection and the severity that fails."""
+    for option in reversed((
+        click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="text", show_default=True),
+        click.option("-o", "--output", metavar="FILE", help="Write the report here (atomically) instead of stdout."),
+        click.option("--config", "config_path", metavar="FILE", help="Configuration file to use (default: the "
+                     "nearest pyproject.toml [tool.ckptlint] or ckptlint.toml)."),
+        click.option("--select", multiple=True, metavar="NAMES", help="Only these rules (names or codes, "
+                     "comma-separated)."),
+        click.option("--ignore", multiple=True, metavar="NAMES", help="Skip these rules (names or codes, "
+                     "comma-separated)."),
+        click.option("--fail-on", metavar=_choices(FAIL_ON),
+                     help="Exit 1 when a finding at or above this severity exists (default: error)."),
+    )):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(ckptlint.__version__, prog_name="ckptlint")
 def cli() -> None:
@@ -66,19 +85,14 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="text", show_default=True)
-@click.option("-o", "--output", metavar="FILE", help="Write the report here (atomically) instead of stdout.")
-@click.option("--config", "config_path", metavar="FILE",
-              help="Configuration file to use (default: the nearest pyproject.toml [tool.ckptlint] or ckptlint.toml).")
-@click.option("--select", multiple=True, metavar="NAMES", help="Only these rules (names or codes, comma-separated).")
-@click.option("--ignore", multiple=True, metavar="NAMES", help="Skip these rules (names or codes, comma-separated).")
-@click.option("--fail-on", metavar=_choices(FAIL_ON),
-              help="Exit 1 when a finding at or above this severity exists (default: error).")
+@_report_options
 @click.option("--key", metavar="PATH",
               help="Where the state dict lies in the checkpoint (dotted, e.g. model or state_dict_ema).")
 @click.option("--no-hash", is_flag=True,
               help="JSON: do not compute the files' SHA-256 (saves reading every byte; other formats never do).")
-@click.option("--pretrained", metavar="FILE", help="The pretrained checkpoint the targets' weights should come from.")
+@click.option("--pretrained", multiple=True, metavar="FILE",
+              help="The pretrained checkpoint the targets' weights should come from. Repeated: candidates, "
+                   "ranked by how much of the target each explains; the first is the expected one.")
 @click.option("--pretrained-key", metavar="PATH", help="--key for the pretrained checkpoint.")
 @click.option("--scope", metavar="MODULE", help="Target module that should come from the pretrained one "
               "(default: inferred, e.g. backbone.0.body).")
@@ -102,18 +116,31 @@ def cli() -> None:
 @click.option("--write-baseline", metavar="FILE", help="Record every current finding in a baseline file.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Text report: every finding, and how each transfer was judged (not only one line per cause).")
+@click.option("--jobs", "workers", type=click.IntRange(min=1), metavar="N",
+              help="Lint the files in N local worker processes (1: in this process, file by file); the report "
+                   "is the same whatever N.")
+@click.option("--shard", metavar="k/N", help="Lint only shard k of N (a stable split by path, the same on every "
+              "machine); with --format json the report keeps what `ckptlint merge` needs.")
+@click.option("--cache", "cache_dir", metavar="DIR", help="Do not lint again a file whose content, options and "
+              "ckptlint are unchanged: partial reports are kept in DIR (a folder only you can write).")
+@click.option("--dask", "dask_address", metavar="ADDRESS",
+              help="Lint the files on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); each "
+                   "worker reads its own files. Needs pip install 'ckptlint[dask]'.")
 def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, no_hash: bool,
-          write_baseline: str | None, verbose: bool, **given: Any) -> int:
-    """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders)."""
-    from ckptlint.baseline import render_baseline
+          write_baseline: str | None, verbose: bool, workers: int | None, shard: str | None, cache_dir: str | None,
+          dask_address: str | None, **given: Any) -> int:
+    """Lint checkpoint files (.pt .pth .bin .ckpt .safetensors, shard indexes, model folders, glob
+    patterns such as 'zoo/**/*.safetensors')."""
     from ckptlint.config import load_config, resolve_jobs
     from ckptlint.progress import Progress
-    from ckptlint.report.github import render_step_summary
-    from ckptlint.report.text import tally_line
     from ckptlint.results import Report
     from ckptlint.runner import run_jobs
+    from ckptlint.targets import expand_paths, parse_shard, select_shard
 
     render = renderer(fmt, verbose)  # before the run: --verbose with another format is an error now
+    if dask_address is not None and workers is not None:
+        raise click.UsageError("--dask and --jobs: choose one (the cluster's workers are the jobs)")
+    chosen_shard = parse_shard(shard) if shard is not None else None
     settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
     for name in ("select", "ignore"):
         if name in settings:
@@ -121,10 +148,42 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     if "maps" in settings:
         settings["maps"] = _maps(settings["maps"])
     # Only the JSON report shows the files' SHA-256 (hashing reads every byte), only HTML draws histograms.
-    jobs = resolve_jobs(paths, settings, load_config(config_path), hash_files=fmt == "json" and not no_hash,
-                        histograms=fmt == "html")
-    report: Report = run_jobs(jobs, progress=Progress(sys.stderr))
-    _emit(render(report), output)
+    expanded = expand_paths(paths)
+    jobs = resolve_jobs(expanded, settings, load_config(config_path),
+                        hash_files=fmt == "json" and not no_hash, histograms=fmt == "html")
+    if workers is None and chosen_shard is None and cache_dir is None and dask_address is None:
+        report: Report = run_jobs(jobs, progress=Progress(sys.stderr))
+        _emit(render(report), output)
+    else:  # partial reports, one per file, merged as they arrive (ckptlint/many.py)
+        from ckptlint.many import merge_many
+        from ckptlint.merge import render_partial
+
+        options_of = {path: options for group, options in jobs for path in group}
+        chosen = expanded
+        if chosen_shard is not None:
+            chosen = select_shard(chosen, *chosen_shard)
+        tasks = [(path, options_of[path]) for path in chosen]
+        fail_on = jobs[0][1].fail_on if jobs else "error"
+        if dask_address is not None:
+            from ckptlint.dask_backend import merge_many_dask
+
+            merged, report = merge_many_dask(tasks, dask_address, fail_on=fail_on, cache_dir=cache_dir,
+                                             progress=Progress(sys.stderr))
+        else:
+            merged, report = merge_many(tasks, fail_on=fail_on, jobs=workers or 1, cache_dir=cache_dir,
+                                        progress=Progress(sys.stderr))
+        _emit(render_partial(merged, report) if fmt == "json" and chosen_shard is not None else render(report),
+              output)
+    return _finish_check(report, fmt, output, write_baseline)
+
+
+def _finish_check(report: Any, fmt: str, output: str | None, write_baseline: str | None) -> int:
+    """After the report is written: the baseline, GitHub's step summary, errors and the one-line
+    verdict on stderr, the exit code (check and merge alike)."""
+    from ckptlint.baseline import render_baseline
+    from ckptlint.report.github import render_step_summary
+    from ckptlint.report.text import tally_line
+
     if write_baseline:
         write_atomically(write_baseline, render_baseline(report.findings + report.suppressed, report.source_root))
     if fmt == "github" and os.environ.get("GITHUB_STEP_SUMMARY"):
@@ -135,6 +194,96 @@ def check(paths: tuple[str, ...], fmt: str, output: str | None, config_path: str
     if output:  # the report went to a file: still say in one line how the check went
         why = report.why_failed()
         click.echo(f"ckptlint: {'FAILED: ' + why + '; ' if why else ''}{tally_line(report)} Report: {output}",
+                   err=True)
+    return report.exit_code()
+
+
+@cli.command("merge")
+@click.argument("parts", nargs=-1, required=True, metavar="PARTS...")
+@_report_options
+@click.option("-v", "--verbose", is_flag=True, help="Text report: every finding, and how each transfer was judged.")
+def merge(parts: tuple[str, ...], fmt: str, output: str | None, config_path: str | None, verbose: bool,
+          **given: Any) -> int:
+    """Merge partial JSON reports (`check --format json`, e.g. one per --shard) into one report, in
+    any format; the exit code is check's. Run it where the check ran (paths in SARIF and baselines
+    are relative to the repository); --config/--select/--ignore say which rules SARIF describes
+    when the parts do not (parts written with --shard do)."""
+    import json
+
+    from ckptlint.config import job_settings, load_config
+    from ckptlint.errors import ReportError
+    from ckptlint.merge import Merger, PartError, enabled_rules
+    from ckptlint.options import Options
+
+    render = renderer(fmt, verbose)
+    settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
+    for name in ("select", "ignore"):
+        if name in settings:
+            settings[name] = _names(settings[name])
+    rule_settings = ("select", "ignore", "severity", "params", "per-key-ignores", "fail-on", "allow-globals")
+    chosen = {name: value for name, value in job_settings(None, settings, load_config(config_path)).items()
+              if name in rule_settings}
+    options = Options.from_settings(chosen, hash_files=False)
+    merged = Merger(fail_on=options.fail_on, rules=enabled_rules([options]))
+    for path in parts:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ReportError(f"cannot read a JSON report ({getattr(exc, 'strerror', None) or exc})", path) from None
+        try:
+            merged.add(data)
+        except PartError as exc:
+            raise ReportError(str(exc), path) from None
+    try:
+        report = merged.result()
+    except PartError as exc:
+        raise ReportError(str(exc), ", ".join(parts)) from None
+    _emit(render(report), output)
+    return _finish_check(report, fmt, output, None)
+
+
+@cli.command("diff")
+@click.argument("files", nargs=-1, required=True, metavar="OLD NEW | --git BASE PATH")
+@click.option("--git", "git_base", metavar="BASE",
+              help="Read the old version from git: `diff --git BASE PATH` compares PATH with PATH at revision BASE "
+                   "(a Git LFS pointer's object is used when present locally).")
+@_report_options
+@click.option("--preset", metavar=_choices(sorted(presets())),
+              help="Which tensors training leaves frozen (the preset's frozen list): a frozen tensor that changed "
+                   "is diff-frozen-changed.")
+@click.option("--key", metavar="PATH", help="Where the state dict lies in both checkpoints (dotted, e.g. model).")
+@click.option("--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",
+              help="Trust pickles to invoke this global (your own class); repeatable. Never overrides the denylist.")
+@click.option("-v", "--verbose", is_flag=True, help="Text report: every changed tensor, not only the module tree.")
+def diff(files: tuple[str, ...], git_base: str | None, fmt: str, output: str | None, config_path: str | None,
+         verbose: bool, **given: Any) -> int:
+    """What NEW changed against OLD: per tensor unchanged, cast, changed, resized, added or removed;
+    the diff rules (CKP3xx) and the pickle rules decide the exit code, as for check."""
+    from ckptlint.diff_runner import diff_paths
+    from ckptlint.report.github import render_step_summary
+    from ckptlint.report.text import tally_line
+
+    if git_base is not None and len(files) != 1:
+        raise click.UsageError("with --git BASE give one PATH: the working tree's file, compared with BASE's")
+    if git_base is None and len(files) != 2:
+        raise click.UsageError("give OLD and NEW (or --git BASE PATH)")
+    render = renderer(fmt, verbose)
+    settings = {name.replace("_", "-"): value for name, value in given.items() if value not in (None, ())}
+    for name in ("select", "ignore"):
+        if name in settings:
+            settings[name] = _names(settings[name])
+    report = diff_paths(files, settings, config_path, git_base=git_base, hash_files=fmt == "json")
+    _emit(render(report), output)
+    if fmt == "github" and os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
+            summary.write(render_step_summary(report))
+    for error in report.errors:
+        click.echo(f"ckptlint: {error.file}: {error.message}", err=True)
+    if output:
+        why = report.why_failed()
+        line = report.diff.summary_line() + ". " if report.diff else ""
+        click.echo(f"ckptlint: {'FAILED: ' + why + '; ' if why else ''}{line}{tally_line(report)} Report: {output}",
                    err=True)
     return report.exit_code()
 

@@ -142,7 +142,13 @@ def _check_rule_names(config: Config) -> None:
 
 
 def _absolute(settings: dict[str, Any], folder: Path) -> dict[str, Any]:
-    return {k: (str(folder / v) if k in PATH_SETTINGS and isinstance(v, str) else v) for k, v in settings.items()}
+    """Paths relative to the file's folder (``pretrained`` may be a list of candidates)."""
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(item) for item in value]
+        return str(folder / value) if isinstance(value, str) else value
+
+    return {k: (absolute(v) if k in PATH_SETTINGS else v) for k, v in settings.items()}
 
 
 def _target_settings(path: str, config: Config) -> dict[str, Any]:

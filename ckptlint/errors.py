@@ -24,6 +24,10 @@ class CkptlintError(Exception):
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        """Raised in a worker process (``ckptlint check --jobs``), it arrives with its file."""
+        return type(self), (self.message, self.path)
+
 
 class CheckpointError(CkptlintError):
     """An input could not be read as a checkpoint (missing, truncated, corrupt, ...).

@@ -58,12 +58,33 @@ def _path(name: str, value: Any) -> str:
     raise ConfigError(f"{name} must be a path, not {value!r}")
 
 
-def _pretrained(name: str, value: Any) -> str | Checkpoint:
+def _one_pretrained(name: str, value: Any) -> str | Checkpoint:
     """A path, or a checkpoint ``lint()`` built from an object in memory (it has ``tensors`` and
     ``read``, as every reader's result does). Options are shared by every stage and import none."""
     if hasattr(value, "tensors") and hasattr(value, "read"):
         return value
     return _path(name, value)
+
+
+def _pretrained(name: str, value: Any) -> str | Checkpoint | tuple[str | Checkpoint, ...]:
+    """One pretrained checkpoint, or several candidates (a list: the first is the expected one).
+    A list of one is that one; with several, each path must exist (the ranking needs them all)
+    and none may be given twice."""
+    if not isinstance(value, (list, tuple)):
+        return _one_pretrained(name, value)
+    if not value:
+        raise ConfigError(f"{name} must be a path or a list of paths, not {value!r}")
+    candidates = tuple(_one_pretrained(name, item) for item in value)
+    if len(candidates) == 1:
+        return candidates[0]
+    paths = [c for c in candidates if isinstance(c, str)]
+    twice = next((p for i, p in enumerate(paths) if os.path.normpath(p) in map(os.path.normpath, paths[:i])), None)
+    if twice is not None:
+        raise ConfigError(f"{name} names {twice} twice")
+    missing = next((p for p in paths if not os.path.exists(p)), None)
+    if missing is not None:
+        raise ConfigError(f"{name}: no such file or folder: {missing} (every candidate must exist)")
+    return candidates
 
 
 def _number(name: str, value: Any, low: float, high: float = math.inf) -> float:
@@ -239,13 +260,22 @@ class Options:
     transfer: TransferOptions = field(default_factory=TransferOptions)
     model: str | None = None  # package.module:factory building the model to load into
     allow_globals: tuple[str, ...] = ()  # pickle globals the project trusts (`allow-globals`)
+    # Other pretrained files the target may have come from (``--pretrained a --pretrained b``):
+    # ranked with ``pretrained``, the expected one, against which the transfer is judged.
+    candidates: tuple[str | Checkpoint, ...] = ()
 
     def __post_init__(self) -> None:
         for attribute, kind in (("selection", Selection), ("transfer", TransferOptions), ("hash_files", bool),
                                 ("histograms", bool)):
             if not isinstance(getattr(self, attribute), kind):
                 raise ConfigError(f"Options.{attribute} must be a {kind.__name__}, not {getattr(self, attribute)!r}")
+        if self.candidates:  # given apart: checked as the list they make with the expected file
+            if self.pretrained is None or isinstance(self.pretrained, (list, tuple)):
+                raise ConfigError("Options.candidates needs one expected pretrained checkpoint first")
+            _keep(self, {"pretrained": (self.pretrained, *self.candidates), "candidates": ()})
         _keep(self, _checked_fields(self, OPTION_SETTINGS))
+        if isinstance(self.pretrained, tuple):
+            _keep(self, {"pretrained": self.pretrained[0], "candidates": self.pretrained[1:]})
         _keep(self, {"selection": replace(self.selection, **_checked_fields(self.selection, SELECTION_SETTINGS))})
         check_needs_pretrained({**self.transfer.changed(), "pretrained-key": self.pretrained_key}, self.pretrained)
 

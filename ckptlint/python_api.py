@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from typing import Any, cast
 
-from ckptlint.config import check_setting_names, job_settings, load_config
+from ckptlint.config import check_setting_names, job_settings, load_config, resolve_jobs
+from ckptlint.errors import ConfigError
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.memory import memory_checkpoint
 from ckptlint.options import SETTINGS, Options, check_settings
@@ -52,7 +55,74 @@ def lint(target: Any, pretrained: Any = None, *, config: str | bool | None = Non
     found = load_config(config if isinstance(config, str) else None) if config else None
     settings = job_settings(os.fspath(target) if isinstance(target, PathLike) else None, given, found)
     if settings.get("pretrained") is not None:
-        settings["pretrained"] = _source(settings["pretrained"], "<pretrained>", settings.get("pretrained-key"))
+        chosen_pretrained = settings["pretrained"]
+        if isinstance(chosen_pretrained, (list, tuple)):  # candidates: the first is the expected one
+            settings["pretrained"] = [
+                _source(item, "<pretrained>" if i == 0 else f"<pretrained {i + 1}>", settings.get("pretrained-key"))
+                for i, item in enumerate(chosen_pretrained)]
+        else:
+            settings["pretrained"] = _source(chosen_pretrained, "<pretrained>", settings.get("pretrained-key"))
     # the report may be rendered as HTML later: keep its histograms
     chosen = Options.from_settings(settings, hash_files=False, histograms=True)
     return run_jobs([([_source(target, "<target>", chosen.key)], chosen)], report_type=LintReport)
+
+
+def lint_many(paths: Iterable[str | os.PathLike[str]], pretrained: Any = None, *, jobs: int = 1,
+              executor: Executor | None = None, client: Any = None, cache: str | os.PathLike[str] | None = None,
+              config: str | bool | None = None, **options: Any) -> LintReport:
+    """Lint many checkpoint files (paths or glob patterns such as ``"zoo/**/*.safetensors"``) into
+    one report, exactly as ``ckptlint check --jobs N`` does: each file's partial report is made in
+    this process (``jobs=1``), in ``jobs`` local worker processes, or on ``executor`` (any
+    ``concurrent.futures.Executor``: a thread pool, a cluster client's executor), and merged as
+    it arrives, in path order, so the report is the same however the work was spread. A file
+    whose worker dies twice is reported in ``errors``. ``cache``: a folder of partial reports
+    (``--cache``). ``client``: a ``distributed.Client`` or a Dask scheduler's address (``check
+    --dask``): each file is a task on the cluster, and its worker reads it. ``pretrained`` is a path
+    (workers read it themselves); the other options and ``config`` are ``lint()``'s."""
+    from ckptlint.many import merge_many
+    from ckptlint.targets import expand_paths
+
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, not {jobs!r}")
+    if client is not None and (executor is not None or jobs != 1):
+        raise ConfigError("lint_many: give client, executor or jobs, not several")
+    given = {name.replace("_", "-"): value for name, value in options.items() if value is not None}
+    check_setting_names(given, SETTINGS - {"pretrained"}, "lint_many() options", None)
+    given = check_settings(given)
+    if pretrained is not None:
+        given["pretrained"] = os.fspath(pretrained) if isinstance(pretrained, PathLike) else pretrained
+    found = load_config(config if isinstance(config, str) else None) if config else None
+    expanded = expand_paths(os.fspath(path) for path in paths)
+    groups = resolve_jobs(expanded, given, found, hash_files=False, histograms=True)
+    options_of = {path: chosen for group, chosen in groups for path in group}
+    tasks = [(path, options_of[path]) for path in expanded]
+    fail_on = groups[0][1].fail_on if groups else "error"
+    if client is not None:
+        from ckptlint.dask_backend import merge_many_dask
+
+        _, report = merge_many_dask(tasks, client, fail_on=fail_on, cache_dir=cache, report_type=LintReport)
+    else:
+        _, report = merge_many(tasks, fail_on=fail_on, jobs=jobs, executor=executor, cache_dir=cache,
+                               report_type=LintReport)
+    return cast(LintReport, report)
+
+
+def diff(old: Any, new: Any, *, config: str | bool | None = None, **options: Any) -> LintReport:
+    """What ``new`` changed against ``old``, exactly as ``ckptlint diff OLD NEW`` says it: the
+    report's ``diff`` (a ``DiffResult``: every tensor's pair and category, by module and stage)
+    and the findings of the diff and pickle rules.
+
+    ``old`` and ``new`` may each be a path, a state dict (torch or numpy) or a ``torch.nn.Module``.
+    Options, in Python spelling: ``select``, ``ignore``, ``fail_on``, ``key``, ``severity``,
+    ``params``, ``per_key_ignores``, ``baseline``, ``allow_globals``, ``preset`` (which tensors
+    training leaves frozen). ``config``: as for ``lint()``.
+    """
+    from ckptlint.diff_runner import DIFF_SETTINGS, diff_options, run_diff
+
+    given = {name.replace("_", "-"): value for name, value in options.items() if value is not None}
+    check_setting_names(given, {*DIFF_SETTINGS, "preset"}, "diff() options", None)
+    found = load_config(config if isinstance(config, str) else None) if config else None
+    chosen, preset_name = diff_options(given, found, os.fspath(new) if isinstance(new, PathLike) else None,
+                                       hash_files=False)
+    return run_diff(_source(old, "<old>", chosen.key), _source(new, "<new>", chosen.key), chosen,
+                    preset_name=preset_name, report_type=LintReport)

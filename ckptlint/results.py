@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ckptlint.severity import severity_rank
+from ckptlint.vocabulary import DIFF_CATEGORIES
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,30 @@ class OutsideScope:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One of several pretrained files given (``--pretrained a --pretrained b``): the share of the
+    target's in-scope parameters it explains, and how (parameters copied, cast, or within
+    ``--max-drift`` of it), ranked among the others. The first file given is the expected one."""
+
+    path: str
+    rank: int  # 1 explains the most; ties keep the order given
+    expected: bool  # the first file given: the transfer is judged against it
+    share: float | None  # explained / parameters, rounded down; None with nothing to count
+    parameters: int  # the target's in-scope parameters as the score counts them against this file
+    copied: int  # parameters bit-identical to this file's
+    cast: int  # parameters equal to this file's after a cast
+    finetuned: int  # parameters within --max-drift of this file's (related values)
+    tensors: int  # target tensors paired with this file
+
+    @property
+    def how(self) -> str:
+        """``copied``, ``copied and fine-tuned``: what explains its share ("" when nothing does)."""
+        names = [name for name, n in (("copied", self.copied), ("cast", self.cast), ("fine-tuned", self.finetuned))
+                 if n]
+        return " and ".join(names) if len(names) < 3 else f"{names[0]}, {names[1]} and {names[2]}"
+
+
+@dataclass(frozen=True)
 class TargetTransfer(Score):
     """How one target was judged against its pretrained file, and its own score."""
 
@@ -113,6 +138,17 @@ class TargetTransfer(Score):
     scope: str | None
     outside_scope: OutsideScope
     unmatched: tuple[str, ...]  # in-scope target tensors without a pretrained source
+    # with several pretrained files: each ranked by the share it explains (empty with one)
+    candidates: tuple[Candidate, ...] = ()
+
+    @property
+    def best_candidate(self) -> Candidate | None:
+        """The candidate other than the expected one that explains the most (None with one file)."""
+        return next((c for c in sorted(self.candidates, key=lambda c: c.rank) if not c.expected), None)
+
+    @property
+    def expected_candidate(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.expected), None)
 
 
 @dataclass(frozen=True)
@@ -149,6 +185,75 @@ class Diagnosis:
         return sorted({f.name for f in self.findings})
 
 
+@dataclass(frozen=True)
+class DiffPair:
+    """One tensor of ``ckptlint diff OLD NEW``: a key both versions hold, or one side's alone
+    (``added``: only NEW; ``removed``: only OLD), and what became of it."""
+
+    old: str | None  # the key in OLD (None: added)
+    new: str | None  # the key in NEW (None: removed)
+    category: str  # one of vocabulary.DIFF_CATEGORIES
+    module: str
+    stage: str  # ResNet stage of the key's torchvision name, or other
+    old_dtype: str | None
+    new_dtype: str | None
+    old_shape: tuple[int, ...] | None
+    new_shape: tuple[int, ...] | None
+    numel: int  # values of the NEW tensor (of the OLD one when removed)
+    rel_l2: float | None = None  # ||new - old|| / ||old|| over finite values (equal shapes only)
+    cosine: float | None = None
+    max_abs_error: float | None = None
+    old_nonfinite: int | None = None  # NaN and Inf values
+    new_nonfinite: int | None = None
+    bn_reset: bool = False  # a BatchNorm's statistics at their defaults in NEW only (on its running_mean)
+    frozen: bool = False  # the preset says training leaves it frozen
+    frozen_by: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The key findings name: NEW's, or OLD's for a removed tensor."""
+        return self.new if self.new is not None else self.old or ""
+
+
+@dataclass(frozen=True)
+class DiffCounts:
+    """Tensors per category (and parameters: the NEW tensors' values, OLD's for removed ones)."""
+
+    tensors: int
+    parameters: int
+    unchanged: int
+    cast: int
+    changed: int
+    resized: int
+    added: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """What NEW changed against OLD: every tensor's pair and category, counted overall, per
+    module (the modules holding a tensor that is not unchanged) and per ResNet stage."""
+
+    old: str  # the labels the report names: a path, or BASE:PATH read from git
+    new: str
+    preset: str | None
+    summary: DiffCounts
+    pairs: tuple[DiffPair, ...]
+    by_module: dict[str, DiffCounts]
+    by_stage: dict[str, DiffCounts]
+    new_non_finite: tuple[str, ...]  # keys whose NaN/Inf count rose
+    dtype_changes: dict[str, int]  # "float32 -> float16" -> tensors
+    bn_reset: tuple[str, ...]  # BatchNorm modules whose statistics were reset
+    frozen_changed: tuple[str, ...]  # keys the preset freezes that changed
+
+    def summary_line(self) -> str:
+        """``NEW vs OLD: 458 tensors — 440 unchanged, 2 cast, 12 changed, 1 resized, 2 added, 1 removed``."""
+        counts = self.summary
+        parts = ", ".join(f"{getattr(counts, c)} {c}" for c in DIFF_CATEGORIES
+                          if getattr(counts, c) or c == "unchanged")
+        return f"{self.new} vs {self.old}: {counts.tensors} tensor{'s' if counts.tensors != 1 else ''} — {parts}"
+
+
 @dataclass
 class Report:
     """Everything one run found; reporters render it, the CLI picks the exit code from it."""
@@ -162,6 +267,7 @@ class Report:
     diagnoses: list[Diagnosis] = field(default_factory=list)  # active findings grouped by cause
     rules: list[dict[str, Any]] = field(default_factory=list)  # the enabled rules, described
     histograms: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)  # (file, key)
+    diff: DiffResult | None = None  # `ckptlint diff OLD NEW`: what NEW changed
     fail_on: str = "error"
     source_root: str = "."  # paths in SARIF and fingerprints are relative to it
 

@@ -16,12 +16,22 @@ from ckptlint.errors import CheckpointError, ConfigError, RuleError
 from ckptlint.facts.score import ScoreEntry, score_summary
 from ckptlint.identity import find_source_root
 from ckptlint.io.checkpoint import Checkpoint
-from ckptlint.io.folder import pickle_files
+from ckptlint.io.folder import is_folder, pickle_files
 from ckptlint.io.open import open_checkpoint, scanned_globals
 from ckptlint.io.unpickler import PickleGlobal
 from ckptlint.options import Options
 from ckptlint.progress import NoProgress, Progress
-from ckptlint.results import FileSummary, Finding, PairRecord, ReadError, Report, RunTransfer, TargetTransfer
+from ckptlint.results import (
+    Candidate,
+    FileSummary,
+    Finding,
+    PairRecord,
+    ReadError,
+    Report,
+    RunTransfer,
+    ScoreSummary,
+    TargetTransfer,
+)
 from ckptlint.vocabulary import SUBJECTS
 
 # The align and facts stages (module graphs on networkx, tensor values on numpy) and a user's model
@@ -119,7 +129,7 @@ class _Job:
         checkpoint = None
         with self._guard(source):
             checkpoint = open_checkpoint(source, key)
-        if os.path.isdir(source):
+        if is_folder(source):  # a local folder, or a remote one (io/folder.py)
             self._scan_folder(source, checkpoint)
         return checkpoint
 
@@ -141,6 +151,15 @@ class _Job:
                 pretrained = self.open(options.pretrained, options.pretrained_key)
                 if pretrained is not None:
                     stack.enter_context(pretrained)
+            # Other candidates: each described (and its pickle judged) like the pretrained file; an
+            # unreadable one is an error of its own, and the others are still ranked.
+            candidates = []
+            for candidate in options.candidates:
+                opened = self.open(candidate, options.pretrained_key)
+                if opened is not None:
+                    stack.enter_context(opened)
+                    if self._describe_pretrained(opened) is not None:
+                        candidates.append(opened)
             model_facts = None
             if options.model:
                 from ckptlint.facts.checkpoint import CheckpointFacts
@@ -155,7 +174,7 @@ class _Job:
                         if self.pickles_only:
                             self._check_pickles(checkpoint.path, checkpoint)
                         else:
-                            self._check(checkpoint.path, checkpoint, pretrained_facts, model_facts)
+                            self._check(checkpoint.path, checkpoint, pretrained_facts, model_facts, candidates)
 
     def _describe_pretrained(self, pretrained: Checkpoint) -> CheckpointFacts | None:
         """The pretrained file's facts and its own block: its summary, its pickle's safety, its
@@ -188,11 +207,13 @@ class _Job:
             self.findings += check_pickle_globals(self.evaluator, checkpoint.pickle_globals, path, {"path": path})
 
     def _check(self, path: str, checkpoint: Checkpoint, pretrained: CheckpointFacts | None,
-               model: CheckpointFacts | None) -> None:
+               model: CheckpointFacts | None, candidates: Sequence[Checkpoint] = ()) -> None:
         from ckptlint.facts.checkpoint import CheckpointFacts
         from ckptlint.facts.model_reference import ModelReference
+        from ckptlint.facts.provenance import rank_candidates
 
         judged = None
+        ranked: tuple[Candidate, ...] = ()
         # until its findings are in, a failure (a tensor's bytes turn out unreadable) loses them:
         # the guard judges the file's pickle globals then
         with self._guard(path, checkpoint.pickle_globals):
@@ -204,9 +225,11 @@ class _Job:
                 self.report.files[-1] = replace(self.report.files[-1], key_mapping=model_reference.mapping.summary())
             references = [r for r in (transfer, model_reference) if r]
             self.findings += check_checkpoint(self.evaluator, facts, path, references, self.progress)
+            if transfer is not None:  # which of several pretrained files explains the target best
+                ranked = rank_candidates(checkpoint, transfer, candidates, self.options.transfer)
             judged = transfer
         if judged is not None:
-            self._record_transfer(path, judged)
+            self._record_transfer(path, judged, ranked)
 
     def _analyse_transfer(self, facts: CheckpointFacts, pretrained: CheckpointFacts) -> TransferAnalysis:
         """Align the target with the pretrained file, then judge every pair before any rule runs."""
@@ -216,7 +239,7 @@ class _Job:
         aligned = align_transfer(facts.checkpoint, pretrained.checkpoint, self.options.transfer)
         return TransferAnalysis(facts, pretrained, aligned, self.options.transfer, self.options.histograms)
 
-    def _record_transfer(self, path: str, analysis: TransferAnalysis) -> None:
+    def _record_transfer(self, path: str, analysis: TransferAnalysis, candidates: tuple[Candidate, ...] = ()) -> None:
         """The pairs, the score and how the target was judged go into the report; the transfer
         rules judge the result."""
         from ckptlint.facts.transfer import transfer_facts
@@ -228,14 +251,17 @@ class _Job:
                 self.report.histograms[(path, pair["target"])] = pair.histogram
         entries = analysis.score_entries()
         self.score_entries += entries
-        target = analysis.result(score_summary(entries))
+        target = replace(analysis.result(score_summary(entries)), candidates=candidates)
         self.by_file[path] = target
         self.findings += self.evaluator.run("transfer", transfer_facts(target), path, None, {}, "pretrained")
 
 
 def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_root: str | None = None,
-             progress: Progress | None = None, report_type: type[ReportT] = Report) -> ReportT:  # type: ignore[assignment]  # mypy cannot default a TypeVar
-    """Check each group of paths with its options; one report (a ``report_type``) for all of them."""
+             progress: Progress | None = None, report_type: type[ReportT] = Report,  # type: ignore[assignment]  # mypy cannot default a TypeVar
+             score_entries: list[ScoreEntry] | None = None) -> ReportT:
+    """Check each group of paths with its options; one report (a ``report_type``) for all of them.
+    ``score_entries``: a list that receives every target tensor's part in the transfer score (a
+    partial report carries them, so that merged parts score as one run: ``parts.py``)."""
     progress = progress or NoProgress()
     report = report_type(fail_on=jobs[0][1].fail_on if jobs else "error",
                          source_root=source_root or find_source_root())
@@ -257,16 +283,18 @@ def run_jobs(jobs: Sequence[tuple[Sequence[str | Checkpoint], Options]], source_
         hashes.fill(report.files)
     finally:
         hashes.close()
-    report.transfer = _transfer(entries, by_file)
+    if score_entries is not None:
+        score_entries += entries
+    report.transfer = run_transfer(score_summary(entries), by_file)
     report.sort()
     report.diagnoses = diagnose(report)  # after the baseline: a cause whose findings are all accepted is gone
     return report
 
 
-def _transfer(entries: Sequence[ScoreEntry], by_file: dict[str, TargetTransfer]) -> RunTransfer | None:
-    """The run's transfer block: the score over every target (None when there is nothing to
-    score: never "100% of 0 parameters"), how each target was judged, and each one's own score."""
-    summary = score_summary(entries)
+def run_transfer(summary: ScoreSummary | None, by_file: dict[str, TargetTransfer]) -> RunTransfer | None:
+    """The run's transfer block: the score over every target (``summary``: None when there is
+    nothing to score, never "100% of 0 parameters"), how each target was judged, and each one's
+    own score."""
     if summary is None or not summary.parameters:
         return None
     expectations = {target.expect for target in by_file.values()}

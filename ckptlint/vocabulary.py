@@ -17,18 +17,23 @@ from types import MappingProxyType
 MODULE_KINDS = ("container", "conv", "linear", "batchnorm", "frozen_batchnorm", "layernorm", "groupnorm",
                 "embedding", "multihead_attention", "unknown")
 # A pair's verdict, from the worst to the best (a module shows the worst among its tensors).
-VERDICTS = ("unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
+VERDICTS = ("misconverted", "unrelated", "reinitialized", "resized", "modified", "fine-tuned", "cast", "copied")
 CARRIED = ("copied", "cast", "fine-tuned")  # verdicts that carry the pretrained values
 COUNTER_LEAF = "num_batches_tracked"  # a step counter, not a weight: never decides a verdict's severity
 SETTLED_EXPECTATIONS = ("copied", "finetuned")  # what "auto" settles to
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "other")
 SHAPE_CAUSES = ("rank", "adapt_input_conv", "input_channels", "kernel_resized", "sliced", "smaller", "other")
+# A conversion's pair (how: renamed, split, fused) whose values are the pretrained ones, misplaced:
+# another part's (q and k swapped), transposed, or rows from another offset of the fused tensor.
+CONVERSION_ERRORS = ("swapped", "misplaced", "transposed", "offset")
 TRANSFER_ROLES = ("paired", "unmatched", "outside-scope")
 FILE_ROLES = ("target", "pretrained")
 DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
                "float8_e5m2fnuz", "float8_e8m0fnu", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16",
                "uint8", "bool", "complex64", "complex128")  # every element type the readers read (io/dtypes.py)
 DTYPE_KINDS = ("float", "int", "bool", "complex")
+# What became of a tensor between two versions of a checkpoint (`ckptlint diff OLD NEW`).
+DIFF_CATEGORIES = ("unchanged", "cast", "changed", "resized", "added", "removed")
 
 # --- the rule header ------------------------------------------------------------------------
 
@@ -40,6 +45,7 @@ SUBJECTS = MappingProxyType({
     "module": "module",
     "pair": "pair",
     "transfer": "transfer",
+    "diff": "diff",  # a tensor of two versions of a checkpoint (`ckptlint diff`), or one side's alone
 })
 REFERENCES = ("pretrained", "model")
 ONLY_IN = ("target", "reference")  # a tensor subject with a reference: on one side only
@@ -68,16 +74,27 @@ PAIR = frozenset({
 TRANSFER_PAIR = PAIR | {
     "how", "canonical", "stage", "is_counter", "numel", "narrower", "expect", "frozen", "frozen_by", "max_drift",
     "bit_equal", "equal_after_cast", "cast_through", "max_abs_error", "rel_error", "cosine", "correlation",
-    "std_ratio", "verdict", "init", "within_drift", "slice_equal"}
+    "std_ratio", "verdict", "init", "within_drift", "slice_equal", "conversion_error", "conversion_cause"}
+# With several pretrained files (``--pretrained a --pretrained b``): the ranking, the best file other than
+# the expected (first) one, the share of the target it explains and how, and the expected file's share;
+# none (and an empty ranking) with one pretrained file.
+TRANSFER_CANDIDATES = frozenset({
+    "candidates", "best_candidate", "best_candidate_share", "best_candidate_how", "expected_share"})
 TRANSFER = frozenset({
     "pretrained", "expect", "expect_reason", "frozen", "frozen_reason", "scope", "outside_scope", "score",
-    "parameters", "score_by_tensors", "tensors"})
+    "parameters", "score_by_tensors", "tensors"}) | TRANSFER_CANDIDATES
+# A tensor in `ckptlint diff OLD NEW`: a pair of equal keys, or a key only one side has (the
+# other side's facts are None).
+DIFF = frozenset({
+    "key", "old", "new", "category", "module", "leaf", "module_kind", "stage", "old_dtype", "new_dtype",
+    "old_shape", "new_shape", "numel", "is_float", "is_counter", "dtype_changed", "downcast", "rel_l2", "cosine",
+    "max_abs_error", "old_nonfinite", "new_nonfinite", "new_non_finite", "bn_reset", "frozen", "frozen_by"})
 
 # Facts a target tensor without a counterpart in a pretrained file adds (the alignment's view),
 # and those a pretrained tensor nothing took adds.
 UNMATCHED_TARGET_EXTRA = MappingProxyType({"pretrained": frozenset({"transfer_scope", "ambiguous_with"}),
                                           "model": frozenset()})
-UNUSED_REFERENCE_EXTRA = MappingProxyType({"pretrained": frozenset({"counterpart_module", "is_head"}),
+UNUSED_REFERENCE_EXTRA = MappingProxyType({"pretrained": frozenset({"counterpart_module", "is_head", "part_of"}),
                                           "model": frozenset()})
 
 # (name an expression uses, fact) -> the values the fact takes: a literal compared with it must be one.
@@ -94,11 +111,17 @@ VALUES: Mapping[tuple[str, str], tuple[str, ...]] = MappingProxyType({
     ("pair", "expect"): SETTLED_EXPECTATIONS,
     ("pair", "stage"): STAGES,
     ("pair", "shape_cause_kind"): SHAPE_CAUSES,
+    ("pair", "conversion_error"): CONVERSION_ERRORS,
     ("pair", "reference"): REFERENCES,
     ("transfer", "expect"): SETTLED_EXPECTATIONS,
     ("tensor", "transfer_role"): TRANSFER_ROLES,
     ("target", "transfer_role"): TRANSFER_ROLES,
     ("file", "role"): FILE_ROLES,
+    ("diff", "category"): DIFF_CATEGORIES,
+    ("diff", "old_dtype"): DTYPE_NAMES,
+    ("diff", "new_dtype"): DTYPE_NAMES,
+    ("diff", "module_kind"): MODULE_KINDS,
+    ("diff", "stage"): STAGES,
 })
 
 
@@ -118,7 +141,7 @@ def names_in_scope(subject: str, reference: str | None, only_in: str | None) -> 
     """Each name a rule's expressions may use (besides ``params`` and, in messages, ``evidence``)
     and the facts it offers, for a rule with this header."""
     # the file a subject lies in (a transfer's is the target, already named by its facts)
-    names: dict[str, frozenset[str]] = {} if subject == "transfer" else {"file": FILE}
+    names: dict[str, frozenset[str]] = {} if subject in ("transfer", "diff") else {"file": FILE}
     if subject == "pickle-global":
         # a pickle is judged in files that could not be read, and in a folder's other pickles:
         # of its file only the path is always known
@@ -138,4 +161,6 @@ def names_in_scope(subject: str, reference: str | None, only_in: str | None) -> 
         names["target"] = names["source"] = TENSOR
     elif subject == "transfer":
         names["transfer"] = TRANSFER
+    elif subject == "diff":  # two files, no one file: a finding names the new one
+        names["diff"] = DIFF
     return names

@@ -164,6 +164,11 @@ def _hf_detr(seed: int) -> StateDict:
     return FIXTURES.hf_detr_state_dict(FIXTURES.resnet50_state_dict(seed=seed))
 
 
+def _converted_detr(seed: int) -> StateDict:
+    """The ``detr`` base converted to Hugging Face names (in_proj split into q, k and v)."""
+    return FIXTURES.converted_detr_state_dict(_detr(seed))
+
+
 def _untrained_resnet50(seed: int) -> StateDict:
     """What ``torchvision.models.resnet50()`` without weights holds (torch.nn.init draws from the
     global generator: seeded here, and restored afterwards)."""
@@ -190,7 +195,8 @@ def _base(name: str, seed: int) -> StateDict:
 
 
 BASES: dict[str, Callable[[int], StateDict]] = {
-    "resnet50": _resnet50, "detr": _detr, "hf-detr": _hf_detr, "untrained-resnet50": _untrained_resnet50,
+    "resnet50": _resnet50, "detr": _detr, "hf-detr": _hf_detr,
+    "converted-detr": _converted_detr, "untrained-resnet50": _untrained_resnet50,
     "untrained-detr": _untrained_detr, "small": _small,
 }
 
@@ -293,7 +299,7 @@ VALUE_EDITS: dict[str, tuple[ValueEdit, set[str]]] = {
     "round_trip": (_round_trip, set()), "put": (_put, {"at"}), "resize": (_resized, set()),
     "in_channels": (_in_channels, {"how"}), "slice": (_sliced, set()), "transpose": (_transposed, set()),
 }
-KEY_EDITS = {"drop", "rename", "prefix"}
+KEY_EDITS = {"drop", "rename", "prefix", "swap"}
 
 
 def edited(state_dict: StateDict, edit: dict[str, Any], generator: torch.Generator) -> StateDict:
@@ -307,6 +313,12 @@ def edited(state_dict: StateDict, edit: dict[str, Any], generator: torch.Generat
     extra = VALUE_EDITS[operation][1] if operation in VALUE_EDITS else set()
     _require_fields(edit, {"keys", operation}, extra, f"edit {edit}")
     keys = _matching(state_dict, edit["keys"])
+    if operation == "swap":  # the values of one matched key and of ``swap`` exchanged
+        if edit["swap"] not in state_dict or len(keys) != 1 or edit["swap"] in keys:
+            raise CaseError(f"swap needs one matched key and another existing key: {edit}")
+        (first,) = keys
+        partner = {first: edit["swap"], edit["swap"]: first}
+        return OrderedDict((key, state_dict[partner.get(key, key)]) for key in state_dict)
     result: StateDict = OrderedDict()
     for key, tensor in state_dict.items():
         if key not in keys:

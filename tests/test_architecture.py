@@ -16,9 +16,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ckptlint"
 STAGES = ("io", "graph", "align", "facts", "engine", "diagnose", "report")
 # Plain data and helpers every stage may use; they import no stage (checked below).
 SHARED = {"errors", "severity", "vocabulary", "_toml", "numbers", "output", "progress", "results", "identity",
-          "presets", "data", "options", "selection", "baseline", "load_mapping"}
+          "presets", "data", "options", "selection", "baseline", "load_mapping", "report_data", "gc_pause"}
 # What wires the stages together: may import anything, nothing imports it but other wiring.
-WIRING = {"runner", "python_api", "config", "cli", "testing", "user_model", "__main__", "__init__"}
+WIRING = {"runner", "diff_runner", "git_blob", "python_api", "config", "cli", "testing", "user_model", "__main__",
+          "__init__", "parts", "merge", "many", "part_cache", "targets", "dask_backend"}
 
 
 def _module_name(path: Path) -> str:

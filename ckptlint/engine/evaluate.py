@@ -144,10 +144,12 @@ def check_checkpoint(evaluator: Evaluator, facts: CheckpointFacts, label: str,
 
 def _reference_findings(evaluator: Evaluator, reference: Reference, key: str, tensor: TensorFacts,
                         label: str, context: Mapping[str, Any]) -> list[Finding]:
-    pair = reference.pair_facts(key, tensor)
-    if pair is not None:
-        return evaluator.run("pair", pair, label, key, {**context, "target": tensor, "source": pair.source_facts},
-                             reference.name)
+    pairs = reference.pairs_of(key, tensor)
+    if pairs:
+        return [finding for pair in pairs
+                for finding in evaluator.run("pair", pair, label, pair["target"],
+                                             {**context, "target": pair.target_facts, "source": pair.source_facts},
+                                             reference.name)]
     unmatched = reference.unmatched_facts(key, tensor)
     if unmatched is not None:
         return evaluator.run("tensor", unmatched, label, key, context, reference.name, "target")

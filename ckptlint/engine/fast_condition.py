@@ -110,6 +110,14 @@ def _program(node: nodes.Node, env: SandboxedEnvironment) -> Program:
     raise _Unsupported(kind)
 
 
+def _chain(op: str, code: Program) -> list[Program]:
+    """The operands of nested ``and`` (or ``or``) steps, in order: ``(a and b) and c`` is a, b, c
+    (the same values, evaluated and short-circuited in the same order)."""
+    if code[0] != op:
+        return [code]
+    return [*_chain(op, code[1]), *_chain(op, code[2])]
+
+
 def build(code: Program, environment: SandboxedEnvironment) -> Closure:
     """The closure running ``code`` (a ``program``) over a mapping of variables."""
     return _Builder(environment).build(code)
@@ -131,6 +139,10 @@ class _Builder:
 
     def getattr(self, name: str) -> Callable[[Any], Any]:
         """The sandbox's ``getattr(obj, name)``, short-cut for facts (a mapping lookup)."""
+        return self._getter(name)[0]
+
+    def _getter(self, name: str) -> tuple[Callable[[Any], Any], dict[type, int]]:
+        """``getattr(name)``, and the kinds it has found so far (class -> ``_kind``)."""
         kinds: dict[type, int] = {}  # the class of obj -> _kind
         sandboxed, undefined, kind_of = self.env.getattr, self.env.undefined, self._kind
 
@@ -145,7 +157,7 @@ class _Builder:
                 except (TypeError, LookupError):
                     return undefined(obj=obj, name=name)
             return sandboxed(obj, name)
-        return get
+        return get, kinds
 
     def build(self, code: Program) -> Closure:
         op = code[0]
@@ -158,13 +170,19 @@ class _Builder:
             name = code[1]
             return lambda v: v[name] if name in v else undefined(name=name)  # as Jinja2 resolves it
         if op == "nameattr":
-            name, get = code[1], self.getattr(code[2])
+            name, attr = code[1], code[2]
+            get, kinds = self._getter(attr)
 
             def name_attr(v: Mapping[str, Any]) -> Any:
                 try:
                     obj = v[name]
                 except KeyError:
                     obj = undefined(name=name)
+                if kinds.get(type(obj)) == 1:  # get's first branch, inlined: rules read millions of facts
+                    try:
+                        return obj[attr]
+                    except (TypeError, LookupError):
+                        return undefined(obj=obj, name=attr)
                 return get(obj)
             return name_attr
         if op == "attr":
@@ -174,16 +192,34 @@ class _Builder:
             inner, arg = self.build(code[1]), self.build(code[2])
             getitem = env.getitem
             return lambda v: getitem(inner(v), arg(v))
+        if op == "tuple" and all(item[0] == "const" for item in code[1]):  # ('batchnorm', ...): made once
+            constant = tuple(item[1] for item in code[1])
+            return lambda v: constant
         if op in ("tuple", "list"):
             items = [self.build(item) for item in code[1]]
             make = tuple if op == "tuple" else list
             return lambda v: make([item(v) for item in items])
-        if op == "and":
-            left, right = self.build(code[1]), self.build(code[2])
-            return lambda v: left(v) and right(v)
-        if op == "or":
-            left, right = self.build(code[1]), self.build(code[2])
-            return lambda v: left(v) or right(v)
+        if op in ("and", "or"):
+            *head, last = [self.build(term) for term in _chain(op, code)]
+            if len(head) == 1:
+                left, = head
+                return (lambda v: left(v) and last(v)) if op == "and" else (lambda v: left(v) or last(v))
+            if op == "and":
+                def all_of(v: Mapping[str, Any]) -> Any:  # a and b and c: one call, not one per "and"
+                    for term in head:
+                        result = term(v)
+                        if not result:
+                            return result
+                    return last(v)
+                return all_of
+
+            def any_of(v: Mapping[str, Any]) -> Any:
+                for term in head:
+                    result = term(v)
+                    if result:
+                        return result
+                return last(v)
+            return any_of
         if op == "not":
             inner = self.build(code[1])
             return lambda v: not inner(v)
@@ -199,6 +235,9 @@ class _Builder:
             parts = [self.build(part) for part in code[1]]
             return lambda v: "".join([str(part(v)) for part in parts])  # Jinja2's str_join
         if op == "compare":
+            if len(code[2]) == 1 and code[2][0][1][0] == "const":  # tensor.ndim >= 2: no call for the 2
+                compare, value, left = COMPARE[code[2][0][0]], code[2][0][1][1], self.build(code[1])
+                return lambda v: compare(left(v), value)
             return self._compare(self.build(code[1]), [(COMPARE[o], self.build(c)) for o, c in code[2]])
         if op == "cond":
             test, yes, no = self.build(code[1]), self.build(code[2]), self.build(code[3])

@@ -32,6 +32,7 @@ REFERENCES_OF = {
     "module": (None,),
     "pair": (None, *REFERENCES),
     "transfer": (None, "pretrained"),  # once per target checked against a pretrained file
+    "diff": (None,),  # `ckptlint diff OLD NEW` only: a tensor of either version
 }
 DOC_SECTIONS = ("what", "why", "example", "fix")
 REQUIRED = ("code", "name", "severity", "subject", "condition", "message", "docs")

@@ -35,7 +35,7 @@ class CheckpointFacts:
     def tensor(self, key: str, extra: dict[str, Any] | None = None) -> TensorFacts:
         """Fresh facts for one tensor; callers keep them as long as they need them."""
         module, _ = split_key(key)
-        return TensorFacts(self.checkpoint.tensors[key], self.modules.kinds[module],
+        return TensorFacts(self.checkpoint.ref(key), self.modules.kinds[module],
                            self.checkpoint.read, extra)
 
     def module_groups(self, tensor_extra: Callable[[str], dict[str, Any]] | None = None,
@@ -48,7 +48,11 @@ class CheckpointFacts:
         for path in self.modules.preorder():
             held, kind = leaves[path], kinds[path]
             if tensor_extra is None:
-                tensors = {key: TensorFacts(refs[key], kind, read) for key in held.values()}
+                if len(held) == 1:  # most modules of a million tiny tensors: no comprehension to call
+                    (key,) = held.values()
+                    tensors = {key: TensorFacts(refs[key], kind, read)}
+                else:
+                    tensors = {key: TensorFacts(refs[key], kind, read) for key in held.values()}
             else:
                 tensors = {key: TensorFacts(refs[key], kind, read, tensor_extra(key)) for key in held.values()}
             extra = module_extra(path, held) if module_extra else None
@@ -64,6 +68,8 @@ UNTRAINED_KINDS = ("conv", "linear", "embedding")
 class FileFacts(LazyFacts):
     """``file.*`` in rules: what the file is, and, when a rule asks, whether its weights look
     trained at all (a sample of its large weights fingerprinted, its BatchNorm statistics)."""
+
+    __slots__ = ("_facts",)
 
     def __init__(self, facts: CheckpointFacts, role: str) -> None:
         checkpoint = facts.checkpoint

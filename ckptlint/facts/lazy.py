@@ -14,6 +14,9 @@ class LazyFacts(Mapping[str, Any]):
     Rules reach facts as attributes in Jinja (``tensor.std``), which falls back to ``[]``.
     """
 
+    # No instance dictionary: a rule's ``tensor.std`` then goes straight to the mapping (see
+    # fast_condition's getattr), and a million facts are smaller. Subclasses may add slots.
+    __slots__ = ("_cache",)
     providers: ClassVar[dict[str, Callable[[Any], None]]] = {}
 
     def __init__(self, eager: dict[str, Any]) -> None:

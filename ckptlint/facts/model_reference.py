@@ -45,11 +45,11 @@ class ModelReference:
     def module_extra(self, path: str, tensors: dict[str, str]) -> dict[str, Any]:
         return {}
 
-    def pair_facts(self, key: str, target: TensorFacts) -> PairFacts | None:
+    def pairs_of(self, key: str, target: TensorFacts) -> list[PairFacts]:
         """Every checkpoint key and the model tensor it loads into: names, shapes and dtypes
         (nothing is read unless a rule asks why a shape changed)."""
         name = self.loads_into.get(key)
-        return None if name is None else PairFacts(key, name, "model", target, self.model_facts.tensor(name))
+        return [] if name is None else [PairFacts(key, name, "model", target, self.model_facts.tensor(name))]
 
     def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None:
         if key not in self.unexpected:

@@ -12,6 +12,8 @@ from ckptlint.facts.tensor import TensorFacts
 class ModuleFacts(LazyFacts):
     """``module.*`` in rules. Value facts come from the tensors' own (shared, cached) facts."""
 
+    __slots__ = ("_tensor_facts", "_tensors")
+
     def __init__(self, path: str, kind: str, tensors: dict[str, str],
                  tensor_facts: Callable[[str], TensorFacts], extra: dict[str, Any] | None = None) -> None:
         weight = tensors.get("weight")

@@ -16,7 +16,7 @@ from ckptlint.vocabulary import CARRIED, COUNTER_LEAF
 
 COMPARISON = ("bit_equal equal_after_cast cast_through max_abs_error rel_error cosine correlation std_ratio verdict "
               "init "
-              "within_drift shape_cause shape_cause_kind slice_equal")
+              "within_drift shape_cause shape_cause_kind slice_equal conversion_error conversion_cause")
 HISTOGRAM_VERDICTS = ("reinitialized", "modified", "unrelated")
 HISTOGRAM_BINS = 24
 # A ResNet stage anywhere in a torchvision-named key (``resnet.conv1.weight`` is the stem too).
@@ -162,6 +162,12 @@ class TransferPairFacts(PairFacts):
                 and self["rel_error"] <= self["max_drift"]:
             self._cache["verdict"] = "fine-tuned"  # within_drift was already true for it
 
+    def misconverted(self, error: str, cause: str) -> None:
+        """A conversion's pair whose target holds the pretrained values misplaced (what the
+        conversion did instead: ``facts/conversion.py``)."""
+        self._cache.update(verdict="misconverted", conversion_error=error, conversion_cause=cause,
+                           within_drift=False)
+
     def revise_cause(self, kind: str, explanation: str) -> None:
         """Replace a shape change's cause with the one its whole module supports."""
         self._cache.update(shape_cause_kind=kind, shape_cause=explanation)
@@ -171,5 +177,5 @@ class TransferPairFacts(PairFacts):
     def summary(self) -> dict[str, Any]:
         """What the JSON report keeps of a pair."""
         keys = ("bit_equal", "equal_after_cast", "max_abs_error", "rel_error", "cosine", "correlation",
-                "std_ratio", "init", "shape_cause")
+                "std_ratio", "init", "shape_cause", "conversion_cause")
         return {k: self[k] for k in keys if self[k] is not None}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ckptlint.results import Score, ScoreSummary, StageScore
@@ -51,13 +51,14 @@ class _Tally:
         self.parameters = self.carried = self.tensors = self.tensors_carried = 0
         self.verdicts: dict[str, int] = defaultdict(int)
 
-    def add(self, entry: ScoreEntry) -> None:
+    def add(self, entry: ScoreEntry, tensors: int = 1) -> None:
+        """One tensor's entry, or ``tensors`` tensors' whose parameters ``entry`` sums."""
         self.parameters += entry.parameters
-        self.tensors += 1
-        self.verdicts[entry.verdict] += 1
+        self.tensors += tensors
+        self.verdicts[entry.verdict] += tensors
         if entry.carried:
             self.carried += entry.parameters
-            self.tensors_carried += 1
+            self.tensors_carried += tensors
 
     def score(self) -> Score:
         return Score(floor_score(self.carried, self.parameters), self.parameters,
@@ -66,16 +67,23 @@ class _Tally:
 
 def score_summary(entries: Sequence[ScoreEntry]) -> ScoreSummary | None:
     """Scores overall, per stage (rows sum to the total) and per module; None without entries."""
-    if not entries:
-        return None
+    return grouped_score_summary((entry, 1) for entry in entries)
+
+
+def grouped_score_summary(groups: Iterable[tuple[ScoreEntry, int]]) -> ScoreSummary | None:
+    """``score_summary`` of entries given as (entry, tensors): ``entry.parameters`` is the sum of
+    ``tensors`` tensors' parameters sharing its stage, module, verdict and carried flag (how a
+    merge of partial reports adds up their scores); None without entries."""
     total = _Tally()
     stages: dict[str, _Tally] = defaultdict(_Tally)
     modules: dict[str, _Tally] = defaultdict(_Tally)
-    for entry in entries:
-        total.add(entry)
-        stages[entry.stage].add(entry)
+    for entry, tensors in groups:
+        total.add(entry, tensors)
+        stages[entry.stage].add(entry, tensors)
         if entry.module is not None:
-            modules[entry.module].add(entry)
+            modules[entry.module].add(entry, tensors)
+    if not total.tensors:
+        return None
     return ScoreSummary(
         **total.score().only_score(),
         by_stage={name: StageScore(**row.score().only_score(), verdicts=dict(sorted(row.verdicts.items())))

@@ -5,7 +5,7 @@ the score entries, and how the report describes the target."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -13,15 +13,17 @@ from ckptlint.align.schemes import canonical_name
 from ckptlint.align.transfer import TransferAlignment, is_head
 from ckptlint.facts.checkpoint import CheckpointFacts
 from ckptlint.facts.compare import shrank_cause, sliced_cause
+from ckptlint.facts.conversion import CONVERTED, EXPLAINED, explain
 from ckptlint.facts.expectation import Expectation, infer_expectation
 from ckptlint.facts.lazy import Layered
 from ckptlint.facts.pair import PairFacts, TransferPairFacts, stage_of
 from ckptlint.facts.score import ScoreEntry
 from ckptlint.facts.tensor import TensorFacts
 from ckptlint.graph.build import split_key
+from ckptlint.io.checkpoint import parse_row_view
 from ckptlint.options import TransferOptions
 from ckptlint.results import OutsideScope, Score, TargetTransfer
-from ckptlint.vocabulary import CARRIED, COUNTER_LEAF, TRANSFER
+from ckptlint.vocabulary import CARRIED, COUNTER_LEAF, TRANSFER, TRANSFER_CANDIDATES
 
 
 class Reference(Protocol):
@@ -34,7 +36,7 @@ class Reference(Protocol):
 
     def module_extra(self, path: str, tensors: dict[str, str]) -> dict[str, Any]: ...
 
-    def pair_facts(self, key: str, target: TensorFacts) -> PairFacts | None: ...
+    def pairs_of(self, key: str, target: TensorFacts) -> Sequence[PairFacts]: ...
 
     def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None: ...
 
@@ -71,7 +73,13 @@ class TransferAnalysis:
                                                      pretrained_facts.tensor(pair.pretrained), options.max_drift,
                                                      histograms)
                       for pair in self.alignment.pairs if self._in_scope(pair.target)}
+        self._fused: dict[str, list[TransferPairFacts]] = defaultdict(list)  # real key -> its row blocks' pairs
+        for key, facts in self.pairs.items():
+            view = parse_row_view(key)
+            if view is not None and key not in target.tensors:
+                self._fused[view[0]].append(facts)
         self._compare_all()
+        self._explain_conversions()
         self._consistent_causes()
         judged = [p for p in self.pairs.values() if not is_head(p["canonical"])]
         self.expectation: Expectation = infer_expectation(
@@ -88,6 +96,16 @@ class TransferAnalysis:
         for facts in self.pairs.values():
             facts.judge()
             facts.target_facts.release()
+
+    def _explain_conversions(self) -> None:
+        """Say what a conversion did instead where one of its pairs does not hold."""
+        by_source = {facts["source"]: facts for facts in self.pairs.values()}
+        for facts in self.pairs.values():
+            if facts["how"] in CONVERTED and facts["verdict"] in EXPLAINED:
+                found = explain(facts, by_source, self.target, self.pretrained)
+                if found:
+                    facts.misconverted(*found)
+                facts.target_facts.release()
 
     def _consistent_causes(self) -> None:
         """One cause for all resized tensors of a module: channels sliced only when every one
@@ -107,12 +125,15 @@ class TransferAnalysis:
                     m.revise_cause("smaller", shrank_cause(*shapes))
 
     def tensor_extra(self, key: str) -> dict[str, Any]:
-        role = "paired" if key in self.pairs else "unmatched" if key in self.unmatched else "outside-scope"
-        return {"paired": key in self.pairs, "transfer_role": role}
+        paired = key in self.pairs or key in self._fused
+        role = "paired" if paired else "unmatched" if key in self.unmatched else "outside-scope"
+        return {"paired": role == "paired", "transfer_role": role}
 
-    def pair_facts(self, key: str, target: TensorFacts) -> TransferPairFacts | None:
-        """The pair's facts, judged when the context was built."""
-        return self.pairs.get(key)
+    def pairs_of(self, key: str, target: TensorFacts) -> list[TransferPairFacts]:
+        """The target tensor's pairs, judged when the context was built: one, or one per row
+        block of a tensor fused from several pretrained ones."""
+        pair = self.pairs.get(key)
+        return [pair] if pair is not None else self._fused.get(key, [])
 
     def unmatched_facts(self, key: str, tensor: TensorFacts) -> Mapping[str, Any] | None:
         """``tensor.*`` for a target tensor in the scope with no counterpart, or None."""
@@ -132,11 +153,14 @@ class TransferAnalysis:
 
     def unused_facts(self) -> Iterator[TensorFacts]:
         """Facts of each pretrained tensor nothing took, with the target module that took its
-        siblings (so rules can tell "this layer lost its statistics" from "this layer is gone")."""
+        siblings (so rules can tell "this layer lost its statistics" from "this layer is gone"),
+        and the fused tensor it is a block of when a conversion took the other blocks."""
         for key in self.alignment.unused_pretrained:
             module = split_key(key)[0]
+            view = parse_row_view(key)
             yield self.pretrained_facts.tensor(key, extra={"counterpart_module": self._module_map.get(module),
-                                                            "is_head": is_head(canonical_name(key))})
+                                                            "is_head": is_head(canonical_name(key)),
+                                                            "part_of": view[0] if view else None})
 
     def score_entries(self) -> list[ScoreEntry]:
         """One entry per tensor the target should carry: every pair in the scope, every unused
@@ -152,13 +176,13 @@ class TransferAnalysis:
             canonical = canonical_name(key)
             if not is_head(canonical) and not key.endswith(COUNTER_LEAF):
                 entries.append(ScoreEntry(stage_of(canonical), None,
-                                          self.pretrained.tensors[key].numel, False, "missing"))
+                                          self.pretrained.ref(key).numel, False, "missing"))
         scope = self.alignment.scope
         for key in self.alignment.unmatched_target:
             if not key.endswith(COUNTER_LEAF):
                 relative = key[len(scope) + 1:] if scope else key
                 entries.append(ScoreEntry(stage_of(canonical_name(relative)), split_key(key)[0],
-                                          self.target.tensors[key].numel, False, "unmatched"))
+                                          self.target.ref(key).numel, False, "unmatched"))
         return entries
 
     def outside_scope(self) -> OutsideScope:
@@ -189,5 +213,9 @@ class TransferAnalysis:
 
 def transfer_facts(target: TargetTransfer) -> dict[str, Any]:
     """``transfer.*`` in rules: how a target was judged and its score, as plain data."""
-    described = {name: getattr(target, name) for name in TRANSFER}
-    return {**described, "outside_scope": asdict(target.outside_scope)}
+    described = {name: getattr(target, name) for name in TRANSFER - TRANSFER_CANDIDATES}
+    best, expected = target.best_candidate, target.expected_candidate
+    return {**described, "outside_scope": asdict(target.outside_scope),
+            "candidates": [{**asdict(c), "how": c.how} for c in target.candidates],
+            "best_candidate": best.path if best else None, "best_candidate_share": best.share if best else None,
+            "best_candidate_how": best.how if best else None, "expected_share": expected.share if expected else None}

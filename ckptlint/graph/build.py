@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import networkx as nx
 
+from ckptlint.gc_pause import paused_gc
 from ckptlint.graph.kinds import Shaped, infer_kind
 
 ROOT = ""
@@ -34,6 +35,10 @@ class ModuleTable:
         # ancestors before descendants); the graph's node order
         self.leaves: dict[str, dict[str, str]] = {ROOT: {}}
         self.children: dict[str, list[str]] = {}  # parent -> children, in the order they were met
+        with paused_gc():  # a million modules: each collection would walk them all
+            self._add(tensors)
+
+    def _add(self, tensors: Mapping[str, Shaped]) -> None:
         leaves, children = self.leaves, self.children
         for key in tensors:
             module, _, leaf = key.rpartition(".")
@@ -54,8 +59,20 @@ class ModuleTable:
                         siblings.append(child)
                 held = leaves[module]
             held[leaf] = key
-        self.kinds: dict[str, str] = {module: infer_kind(module, {leaf: tensors[key] for leaf, key in held.items()})
-                                      for module, held in leaves.items()}
+        # A module's kind depends on its path only when it has a ``weight``; the others' kinds are
+        # found once per set of leaf names (a million ``unitN.scale`` modules are one lookup each).
+        by_leaves: dict[tuple[str, ...], str] = {}
+        self.kinds: dict[str, str] = {}
+        kinds = self.kinds
+        for module, held in leaves.items():
+            if "weight" in held:
+                kinds[module] = infer_kind(module, {leaf: tensors[key] for leaf, key in held.items()})
+                continue
+            names = tuple(held)
+            kind = by_leaves.get(names)
+            if kind is None:
+                kind = by_leaves[names] = infer_kind(module, {leaf: tensors[key] for leaf, key in held.items()})
+            kinds[module] = kind
 
     def preorder(self) -> list[str]:
         """The modules depth-first from the root, children in the order they were met (what

@@ -6,8 +6,10 @@ import hashlib
 import math
 import mmap
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ckptlint.errors import CheckpointError
@@ -18,6 +20,8 @@ from ckptlint.io.unpickler import PickleGlobal
 # judges just the pickles (a pre-commit hook's security check) should not pay for importing it.
 if TYPE_CHECKING:
     import numpy as np
+
+    from ckptlint.io.source import RemoteSource
 
 _C = TypeVar("_C", bound="Checkpoint")  # __enter__ returns the subclass it is called on
 
@@ -36,6 +40,45 @@ def check_shape(key: str, shape: tuple[int, ...] | list[int], itemsize: int) -> 
     if math.prod(n for n in shape if n) * itemsize >= 1 << 63:
         raise CheckpointError(f"tensor {key!r} has a shape no array can hold "
                               f"({', '.join(_count(n) for n in shape)})")
+
+
+# A conversion pairs a part of a fused tensor (``in_proj_weight[256:512]``: rows 256 to 511, the
+# key projection) with a tensor of the other side; such a row view is addressed by that key.
+ROW_VIEW = re.compile(r"^(?P<base>.+)\[(?P<start>\d+):(?P<stop>\d+)\]$")
+
+
+def row_view_key(key: str, start: int, stop: int) -> str:
+    return f"{key}[{start}:{stop}]"
+
+
+def parse_row_view(key: str) -> tuple[str, int, int] | None:
+    """(base key, first row, row after the last) of a row view's key; None for another key."""
+    match = ROW_VIEW.match(key)
+    return (match["base"], int(match["start"]), int(match["stop"])) if match else None
+
+
+def lookup_ref(tensors: Mapping[str, TensorRef], key: str) -> TensorRef:
+    """``tensors[key]``, or for a row view's key (``name[a:b]``) a reference made from its base
+    tensor's: the same storage, from row ``a`` on. KeyError for anything else."""
+    found = tensors.get(key)
+    if found is not None:
+        return found
+    view = parse_row_view(key)
+    base = tensors.get(view[0]) if view else None
+    if view is None or base is None or not base.shape or not 0 <= view[1] < view[2] <= base.shape[0]:
+        raise KeyError(key)
+    _, start, stop = view
+    return replace(base, key=key, shape=(stop - start, *base.shape[1:]),
+                   offset=base.offset + start * base.strides[0], stride=base.stride)
+
+
+@cache
+def _raw_type(raw: str, big_endian: bool) -> np.dtype:
+    """The numpy dtype of stored elements in their byte order (made once per type: reads ask
+    per tensor)."""
+    import numpy as np  # see the module's imports
+
+    return np.dtype(raw).newbyteorder(">" if big_endian else "<")
 
 
 def _count(n: int) -> str:
@@ -90,6 +133,9 @@ class TensorRef:
 
     def element_span(self) -> tuple[int, int]:
         """First and one-past-last storage element the tensor touches (0, 0 when empty)."""
+        if self.stride is None:  # contiguous: no strides to add up (a million tiny tensors ask)
+            numel = math.prod(self.shape)
+            return (self.offset, self.offset + numel) if numel else (0, 0)
         if self.numel == 0:
             return 0, 0
         last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True))
@@ -133,6 +179,8 @@ class Checkpoint:
     bytes_read: int = 0
     _handles: dict[str, BinaryIO] = field(default_factory=dict, repr=False)
     _sha256: str | None = field(default=None, repr=False)
+    # the remote files' sources, by URL (io/source.py); empty for local files
+    sources: dict[str, RemoteSource] = field(default_factory=dict, repr=False)
 
     @property
     def parameter_count(self) -> int:
@@ -142,12 +190,17 @@ class Checkpoint:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    def ref(self, key: str) -> TensorRef:
+        """A tensor's reference, or a row view's (``name[a:b]``)."""
+        return lookup_ref(self.tensors, key)
+
     def read(self, key: str) -> np.ndarray:
-        """Read one tensor's values as a numpy array (bfloat16/float8 widened to float32)."""
+        """Read one tensor's (or row view's) values as a numpy array (bfloat16/float8 widened
+        to float32)."""
         import numpy as np  # see the module's imports
 
-        ref = self.tensors[key]
-        raw_type = np.dtype(ref.dtype.raw).newbyteorder(">" if ref.big_endian else "<")
+        ref = self.ref(key)
+        raw_type = _raw_type(ref.dtype.raw, ref.big_endian)
         begin, end = ref.element_span()
         count = end - begin
         data = self._bytes(ref.file, ref.storage_start + begin * ref.dtype.itemsize, count * ref.dtype.itemsize)
@@ -174,7 +227,12 @@ class Checkpoint:
         the last view does. Small spans are read: below MAP_MIN_BYTES the two system calls to
         map and unmap (~7 us) cost more than the copy. So is a file that cannot be mapped.
         """
+        if self.sources and path in self.sources:  # a remote file: exactly this span, by range
+            return self.sources[path].read_at(start, length, exact=True)
         handle = self._handle(path)
+        if length < MAP_MIN_BYTES:  # read, not mapped: a read stops at the end of the file itself
+            handle.seek(start)
+            return handle.read(length)
         length = max(0, min(length, os.fstat(handle.fileno()).st_size - start))
         if length >= MAP_MIN_BYTES:
             aligned = start - start % mmap.ALLOCATIONGRANULARITY
@@ -194,7 +252,11 @@ class Checkpoint:
 
     def sha256(self, on_chunk: Callable[[int], None] | None = None) -> str | None:
         """SHA-256 of the checkpoint's bytes (its files in order, for a sharded one; None for
-        an in-memory one); ``on_chunk`` hears how many bytes each step hashed (for a progress bar)."""
+        an in-memory one, or a remote one: hashing would fetch every byte — ``io.source.content_identity``
+        names a remote file's version instead); ``on_chunk`` hears how many bytes each step hashed
+        (for a progress bar)."""
+        if self.sources:
+            return None
         if self._sha256 is None:
             digest = hashlib.sha256()
             for info in self.files:
@@ -210,6 +272,8 @@ class Checkpoint:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        for source in self.sources.values():
+            source.close()
 
     def __enter__(self: _C) -> _C:
         return self

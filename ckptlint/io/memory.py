@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ckptlint.errors import CheckpointError
-from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef
+from ckptlint.io.checkpoint import Checkpoint, FileInfo, TensorRef, parse_row_view
 from ckptlint.io.dtypes import DTYPES
 from ckptlint.io.layout import find_state_dict, strip_prefixes
 
@@ -78,8 +78,11 @@ class MemoryCheckpoint(Checkpoint):
         self._values = dict(tensors)
 
     def read(self, key: str) -> np.ndarray:
-        ref = self.tensors[key]
-        values = _as_numpy(self._values[key], ref.dtype.name)
+        ref = self.ref(key)
+        view = parse_row_view(key) if key not in self.tensors else None
+        values = _as_numpy(self._values[view[0] if view else key], ref.dtype.name)
+        if view:
+            values = values[view[1]:view[2]]
         self.bytes_read += values.nbytes
         return values
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from ckptlint.errors import CheckpointError, LfsPointerError
 from ckptlint.io.checkpoint import Checkpoint, FileInfo
-from ckptlint.io.folder import weights_file
+from ckptlint.io.folder import folder_names, weights_file
 from ckptlint.io.layout import check_key_depth, select_prefix, strip_prefixes
 from ckptlint.io.safetensors_file import read_safetensors
+from ckptlint.io.source import file_size, is_remote, join, open_binary, parent, remote_session, remote_source
 from ckptlint.io.torch_legacy import read_torch_legacy
 from ckptlint.io.torch_tar import scan_torch_tar
 from ckptlint.io.torch_zip import read_torch_zip
@@ -40,8 +41,11 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 def open_checkpoint(path: str, key_path: str | None = None) -> Checkpoint:
-    """Read ``path`` (a file, a shard index or a Hugging Face folder) into a lazy Checkpoint."""
+    """Read ``path`` (a file, a shard index or a Hugging Face folder, local or a URL) into a lazy
+    Checkpoint."""
     path = os.fspath(path)
+    if "://" in path and is_remote(path):
+        return _open_remote(path, key_path)
     if not os.path.lexists(path):
         raise CheckpointError("no such file or directory", path)
     if os.path.isdir(path):
@@ -58,11 +62,58 @@ def open_checkpoint(path: str, key_path: str | None = None) -> Checkpoint:
         raise CheckpointError("too large to parse in memory (hostile or corrupt structure)", path) from None
 
 
+def _open_remote(url: str, key_path: str | None) -> Checkpoint:
+    """A URL: its files read by byte range (io/source.py), each through one RemoteSource the
+    Checkpoint keeps for reading tensors."""
+    with remote_session() as sources:
+        try:
+            source = remote_source(url)
+            if source.is_dir:
+                names = folder_names(url)
+                checkpoint = _open_remote_file(weights_file(url), key_path)
+                checkpoint.training_state += training_state_beside(Path(), names)
+            else:
+                checkpoint = _open_remote_file(url, key_path)
+        except CheckpointError as exc:
+            failed = _failure(sources)
+            for source in sources.values():
+                source.close()
+            if failed is not None:  # the transport failed: say so, not what a reader made of it
+                raise CheckpointError(failed.message, failed.path, exc.pickle_globals) from None
+            raise
+        except BaseException:
+            for source in sources.values():
+                source.close()
+            raise
+        failed = _failure(sources)
+        if failed is not None:  # a failure a reader passed over (an extra pickle's scan)
+            for source in sources.values():
+                source.close()
+            raise CheckpointError(failed.message, failed.path, checkpoint.pickle_globals)
+        checkpoint.sources = {info.path: sources[info.path] for info in checkpoint.files if info.path in sources}
+        for unused in sources.keys() - checkpoint.sources.keys():
+            sources[unused].close()
+        return checkpoint
+
+
+def _failure(sources: dict) -> CheckpointError | None:
+    return next((source.failure for source in sources.values() if source.failure is not None), None)
+
+
+def _open_remote_file(url: str, key_path: str | None) -> Checkpoint:
+    try:
+        return _open_file(url, key_path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read ({exc.strerror or exc})", url) from None
+    except MemoryError:
+        raise CheckpointError("too large to parse in memory (hostile or corrupt structure)", url) from None
+
+
 def scanned_globals(path: str) -> list[PickleGlobal]:
     """Every global a file's pickles name, whether or not it reads as a checkpoint (a folder's
     other pickles are scanned for safety only)."""
     try:
-        open(path, "rb").close()  # a file that cannot be opened is an error, not a clean scan
+        open_binary(path).close()  # a file that cannot be opened is an error, not a clean scan
     except OSError as exc:
         raise CheckpointError(f"cannot read ({exc.strerror or exc})", path) from None
     try:
@@ -85,10 +136,10 @@ class _Reading:
 
 
 def _open_file(path: str, key_path: str | None) -> Checkpoint:
-    size = os.path.getsize(path)
+    size = file_size(path)
     if size == 0:
         raise CheckpointError("empty file", path)
-    with open(path, "rb") as handle:
+    with open_binary(path) as handle:
         head = handle.read(512)
     if head.startswith(ZIP_MAGIC):
         return read_torch_zip(path, key_path, size)
@@ -156,7 +207,8 @@ def _flat(checkpoint: Checkpoint, key_path: str | None) -> Checkpoint:
     tensors = select_prefix(checkpoint.tensors, key_path) if key_path else checkpoint.tensors
     check_key_depth(tensors)
     tensors, checkpoint.stripped_prefix = strip_prefixes(tensors, lightning=False)
-    checkpoint.tensors = {key: ref if ref.key == key else replace(ref, key=key) for key, ref in tensors.items()}
+    if tensors is not checkpoint.tensors or not all(ref.key == key for key, ref in tensors.items()):
+        checkpoint.tensors = {key: ref if ref.key == key else replace(ref, key=key) for key, ref in tensors.items()}
     if key_path:
         checkpoint.layout = f"prefix:{key_path}"
     return checkpoint
@@ -175,21 +227,21 @@ def _open_index(path: str, key_path: str | None, size: int) -> Checkpoint:
     if size > MAX_INDEX_BYTES:
         raise CheckpointError("shard index larger than 64 MiB", path)
     try:
-        with open(path, "rb") as handle:
+        with open_binary(path) as handle:
             index = json.load(handle)
     except (ValueError, RecursionError) as exc:  # ValueError: also an integer past Python's 4300 digits
         raise CheckpointError(f"shard index is not valid JSON ({str(exc)[:80]})", path) from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError("shard index has no weight_map of tensor names to shard files", path)
-    folder = os.path.dirname(path)
+    folder = parent(path)
     merged: dict = {}
     shards: list[Checkpoint] = []
     for shard_name in dict.fromkeys(weight_map.values()):
         if os.path.basename(shard_name) != shard_name or shard_name in ("", ".", ".."):
             raise CheckpointError(f"shard index names {shard_name!r} outside its folder", path)
         try:
-            shard = _open_file(os.path.join(folder, shard_name), None)
+            shard = _open_file(join(folder, shard_name), None)
         except CheckpointError as exc:
             raise CheckpointError(f"shard {shard_name}: {exc.message}", path, exc.pickle_globals) from None
         shards.append(shard)

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 from ckptlint.errors import CheckpointError
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.pickled import build_checkpoint
+from ckptlint.io.source import open_binary
 from ckptlint.io.unpickler import PickleGlobal, StorageDescriptor, storage_descriptor, unpickle
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -21,7 +22,7 @@ PROTOCOL_VERSION = 1001
 def read_torch_legacy(path: str, key_path: str | None, size: int) -> Checkpoint:
     """Parse the five pickles restrictedly, then walk the storage records to find their bytes."""
     seen: list[PickleGlobal] = []
-    with open(path, "rb") as stream:
+    with open_binary(path) as stream:
         try:
             return _read(stream, path, key_path, size, seen)
         except CheckpointError as exc:

@@ -16,14 +16,19 @@ import tarfile
 from typing import Any, BinaryIO
 
 from ckptlint.errors import CheckpointError
+from ckptlint.io.source import is_remote, open_binary
 from ckptlint.io.unpickler import PickleGlobal, StorageType, unpickle
 
 
 def scan_torch_tar(path: str) -> list[PickleGlobal] | None:
     """The globals named by every pickle torch could load from the tar archive ``path``; None when
     ``path`` is not one (tarfile, as torch calls it, cannot open it)."""
+    remote = open_binary(path) if is_remote(path) else None
     try:
-        archive = tarfile.open(path, mode="r:", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - `with archive` below
+        if remote is None:
+            archive = tarfile.open(path, mode="r:", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - `with archive` below
+        else:
+            archive = tarfile.open(fileobj=remote, mode="r:", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - as above
     except (tarfile.TarError, ValueError, OSError, EOFError):
         return None
     seen: list[PickleGlobal] = []

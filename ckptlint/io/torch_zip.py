@@ -14,9 +14,11 @@ from typing import BinaryIO
 from ckptlint.errors import CheckpointError
 from ckptlint.io.checkpoint import Checkpoint
 from ckptlint.io.pickled import build_checkpoint
+from ckptlint.io.source import RemoteFile, open_binary
 from ckptlint.io.unpickler import PickleGlobal, storage_descriptor, unpickle
 from ckptlint.io.zip_directory import (
     DEFLATED,
+    LOCAL,
     ZipEntry,
     data_offset,
     entry_stream,
@@ -32,7 +34,7 @@ MAX_COMPRESSION_RATIO = 100  # torch stores entries uncompressed; a zip bomb exp
 def read_torch_zip(path: str, key_path: str | None, size: int) -> Checkpoint:
     """Read the archive's ``data.pkl`` restrictedly and locate each storage's bytes in it."""
     seen: list[PickleGlobal] = []
-    with open(path, "rb") as raw:
+    with open_binary(path) as raw:
         try:
             return _read(raw, path, key_path, size, seen)
         except CheckpointError as exc:
@@ -46,6 +48,8 @@ def _read(raw: BinaryIO, path: str, key_path: str | None, size: int, seen: list[
     except CheckpointError:
         _scan(raw, python or [], size, seen)  # what zipfile-based tools would unpickle
         raise
+    if isinstance(raw, RemoteFile):  # every local header in one batch of ranges, not a round trip each
+        raw.source.prefetch([(entry.header_offset, LOCAL.size) for entry in entries])
     names = torch_names(entries)
     problem = _ambiguity(entries, names, python)
     if problem:

@@ -27,6 +27,8 @@ def training_state_in(root: Any) -> tuple[str, ...]:
     return tuple(str(key) for key in root if isinstance(key, str) and key in TRAINING_KEYS)
 
 
-def training_state_beside(folder: Path) -> tuple[str, ...]:
-    """The training files in a model folder."""
+def training_state_beside(folder: Path, names: list[str] | None = None) -> tuple[str, ...]:
+    """The training files in a model folder (``names``: a remote folder's listing)."""
+    if names is not None:
+        return tuple(name for name in TRAINING_FILES if name in names)
     return tuple(name for name in TRAINING_FILES if (folder / name).is_file())

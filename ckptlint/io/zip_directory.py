@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ckptlint.errors import CheckpointError
+from ckptlint.io.source import open_binary
 
 EOCD = struct.Struct("<4sHHHHIIH")
 ZIP64_LOCATOR = struct.Struct("<4sIQI")
@@ -154,7 +155,7 @@ def _zip64_sizes(extra: bytes, uncompressed: int, compressed: int, offset: int) 
 def python_directory(path: str) -> list[ZipEntry] | None:
     """The entries Python's ``zipfile`` lists (None when it cannot read the archive)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_binary(path) as raw, zipfile.ZipFile(raw) as archive:
             return [ZipEntry(info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437"),
                              info.compress_type, info.flag_bits, info.compress_size, info.file_size,
                              info.header_offset) for info in archive.infolist()]

@@ -60,6 +60,12 @@ def render_step_summary(report: Report) -> str:
                   "", "| stage | score |", "| --- | --- |"]
         lines += [f"| {stage} | {percent(row.score)} |" for stage, row in report.transfer.by_stage.items()]
         lines.append("")
+    if report.diff is not None:
+        tally = report.diff.summary
+        lines += [report.diff.summary_line(), "", "| unchanged | cast | changed | resized | added | removed |",
+                  "| --- | --- | --- | --- | --- | --- |",
+                  f"| {tally.unchanged} | {tally.cast} | {tally.changed} | {tally.resized} | {tally.added} "
+                  f"| {tally.removed} |", ""]
     if report.diagnoses:
         lines += ["| severity | cause | tensors | parameters | fix |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {d.severity} | {_cell(d.title)} | {len(d.tensors)} | {human_count(d.parameters)} "

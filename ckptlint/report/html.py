@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # reporters read the results; results.Report.render calls the
 # Worst first: a module shows the worst verdict among its tensors; "unmatched" marks an in-scope
 # target tensor without a pretrained source (as in the score table).
 VERDICT_ORDER = ("unmatched", *VERDICTS)
+# A diff's categories (vocabulary.DIFF_CATEGORIES), worst first: a module shows the worst of its tensors.
+DIFF_ORDER = ("removed", "resized", "changed", "added", "cast", "unchanged")
 HISTOGRAM_WIDTH, HISTOGRAM_HEIGHT = 240, 60
 
 def _number(value: Any) -> Any:
@@ -40,11 +42,11 @@ _ENVIRONMENT.filters["percent"] = percent
 _ENVIRONMENT.filters["count"] = human_count
 
 
-def _worst(verdicts: list[str]) -> str:
-    return min(verdicts, key=VERDICT_ORDER.index)
+def _worst(verdicts: list[str], order: tuple[str, ...] = VERDICT_ORDER) -> str:
+    return min(verdicts, key=order.index)
 
 
-def _tree(verdicts: dict[str, str]) -> list[dict[str, Any]]:
+def _tree(verdicts: dict[str, str], order: tuple[str, ...] = VERDICT_ORDER) -> list[dict[str, Any]]:
     """Nested modules (dotted paths) with the worst verdict beneath each, from tensor verdicts."""
     root: dict[str, Any] = {"children": {}, "tensors": [], "verdicts": []}
     for key, verdict in sorted(verdicts.items()):
@@ -58,8 +60,8 @@ def _tree(verdicts: dict[str, str]) -> list[dict[str, Any]]:
 
     def build(name: str, node: dict[str, Any], path: str) -> dict[str, Any]:
         counts = Counter(node["verdicts"])
-        return {"name": name, "path": path, "verdict": _worst(node["verdicts"]),
-                "counts": [(v, counts[v]) for v in VERDICT_ORDER if counts[v]],
+        return {"name": name, "path": path, "verdict": _worst(node["verdicts"], order),
+                "counts": [(v, counts[v]) for v in order if counts[v]],
                 "tensors": node["tensors"],
                 "children": [build(child, sub, f"{path}.{child}" if path else child)
                              for child, sub in node["children"].items()]}
@@ -110,6 +112,10 @@ def view_model(report: Report) -> dict[str, Any]:
         "histograms": [{"file": file, "key": key, **_histogram(data)}
                        for (file, key), data in sorted(report.histograms.items())],
         "verdict_order": VERDICT_ORDER,
+        "diff": report.diff,
+        "diff_tree": _tree({p.key: p.category for p in report.diff.pairs}, DIFF_ORDER) if report.diff else [],
+        "diff_order": DIFF_ORDER,
+        "diff_changed": [p for p in report.diff.pairs if p.category != "unchanged"] if report.diff else [],
         "severities": list(reversed(SEVERITIES)),
     }
 

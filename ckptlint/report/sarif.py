@@ -126,5 +126,7 @@ def render_sarif(report: Report) -> str:
         "invocations": [{"executionSuccessful": not report.errors, "toolExecutionNotifications": notifications}],
         "results": [result for *_, result in kept],
     }
+    if report.diff is not None:  # `ckptlint diff`: what changed, in one line (the findings are results)
+        run["properties"] = {"diff": report.diff.summary_line()}
     log = {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
     return json.dumps(log, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -11,11 +11,21 @@ from ckptlint.numbers import human_count, percent
 from ckptlint.severity import SEVERITIES, severity_rank
 
 if TYPE_CHECKING:  # reporters read the results; results.Report.render calls them
-    from ckptlint.results import Diagnosis, FileSummary, Finding, Report, RunTransfer, TargetTransfer
+    from ckptlint.results import (
+        Diagnosis,
+        DiffCounts,
+        DiffPair,
+        DiffResult,
+        FileSummary,
+        Finding,
+        Report,
+        RunTransfer,
+        TargetTransfer,
+    )
 
 # How the file line counts a transfer's pairs that are not plain copies.
 VERDICT_PHRASES = {"fine-tuned": "fine-tuned", "cast": "cast", "modified": "changed", "resized": "resized",
-                   "reinitialized": "re-initialised", "unrelated": "unrelated"}
+                   "reinitialized": "re-initialised", "unrelated": "unrelated", "misconverted": "misconverted"}
 
 
 def _finding_line(finding: Finding) -> str:
@@ -37,6 +47,19 @@ def _judgement_lines(described: TargetTransfer) -> list[str]:
                      f"{', '.join(outside.modules)} ({outside.tensors} tensors, "
                      f"{human_count(outside.parameters)} parameters)")
     return lines
+
+
+def _candidates_line(described: TargetTransfer) -> list[str]:
+    """With several pretrained files: ``pretrained candidates: 1. b.pth 100.0% copied; 2. a.pth
+    (expected) 0.0%``, ranked by the share of the target each explains."""
+    if not described.candidates:
+        return []
+    ranked = []
+    for c in sorted(described.candidates, key=lambda c: c.rank):
+        share = percent(c.share)
+        how = f" {c.how}" if c.how and share not in ("0.0%", "-") else ""  # nothing said of a few chance matches
+        ranked.append(f"{c.rank}. {c.path}{' (expected)' if c.expected else ''} {share}{how}")
+    return [f"  pretrained candidates: {'; '.join(ranked)}"]
 
 
 def _diagnosis_line(diagnosis: Diagnosis, with_file: bool) -> str:
@@ -100,6 +123,7 @@ def render_text(report: Report, verbose: bool = False) -> str:
             judgement = _judgement_lines(transfers[summary.path])
             # A fine-tuned verdict passes tensors that differ: always say why it was judged so.
             lines += judgement if verbose else judgement[:1] if transfers[summary.path].expect == "finetuned" else []
+            lines += _candidates_line(transfers[summary.path])
         if summary.key_mapping:
             lines.append(f"  {summary.key_mapping['description']}")
         lines += [_finding_line(f) for f in listed.pop(summary.path, [])]
@@ -111,6 +135,8 @@ def render_text(report: Report, verbose: bool = False) -> str:
         lines += [_finding_line(f) for f in findings]
     if report.transfer is not None:
         lines += _transfer_table(report.transfer)
+    if report.diff is not None:
+        lines += diff_lines(report.diff, verbose)
     lines.append(tally_line(report))
     return "\n".join(lines) + "\n"
 
@@ -136,3 +162,69 @@ def _transfer_table(transfer: RunTransfer) -> list[str]:
         score = percent(row.score)
         lines.append(f"  {stage:<8} {score:>7} {human_count(row.parameters):>8} {row.tensors:>7}  {verdicts}")
     return lines + [""]
+
+
+# --- ckptlint diff ---
+
+DIFF_TREE_DEPTH = 4  # without --verbose the module tree of changes stops at this depth
+CHANGE_ORDER = ("removed", "resized", "changed", "added", "cast")  # what a module line counts, worst first
+
+
+def _changes(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[c]} {c}" for c in CHANGE_ORDER if counts.get(c))
+
+
+def diff_lines(diff: DiffResult, verbose: bool = False) -> list[str]:
+    """The one-line summary, what the rules look at (dtype changes, new NaN/Inf, reset BatchNorm
+    statistics, frozen tensors changed), the module tree of changes (modules with a tensor that is
+    not unchanged, counts summed up the tree), the stage table, and with ``verbose`` every tensor
+    that is not unchanged with its numbers."""
+    lines = ["", f"Diff: {diff.summary_line()}"]
+    if diff.dtype_changes:
+        lines.append("  dtype changes: " + ", ".join(f"{n} x {c}" for c, n in diff.dtype_changes.items()))
+    for title, items in (("new NaN/Inf", diff.new_non_finite), ("BatchNorm statistics reset", diff.bn_reset),
+                         (f"frozen tensors changed ({diff.preset} preset)", diff.frozen_changed)):
+        if items:
+            lines.append(f"  {title}: {', '.join(items)}")
+    tree: dict[str, dict[str, int]] = {}
+    for pair in diff.pairs:
+        if pair.category == "unchanged":
+            continue
+        parts = pair.key.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            node = tree.setdefault(".".join(parts[:depth]), {})
+            node[pair.category] = node.get(pair.category, 0) + 1
+        if not parts:
+            node = tree.setdefault("(top level)", {})
+            node[pair.category] = node.get(pair.category, 0) + 1
+    shown = sorted(path for path in tree if verbose or path.count(".") < DIFF_TREE_DEPTH)
+    if shown:
+        lines.append("  changes by module:")
+        width = max(len("  " * p.count(".") + p.rsplit(".", 1)[-1]) for p in shown)
+        for path in shown:
+            name = "  " * path.count(".") + path.rsplit(".", 1)[-1]
+            lines.append(f"    {name:<{width}}  {_changes(tree[path])}")
+    if len(diff.by_stage) > 1:
+        lines += _diff_stage_table(diff.by_stage)
+    if verbose:
+        lines += [_pair_line(p) for p in diff.pairs if p.category != "unchanged"]
+    return lines + [""]
+
+
+def _diff_stage_table(by_stage: dict[str, DiffCounts]) -> list[str]:
+    columns = ("unchanged", "cast", "changed", "resized", "added", "removed")
+    lines = [f"  {'stage':<8} {'tensors':>7} {'params':>8} " + " ".join(f"{c:>9}" for c in columns)]
+    for stage, row in by_stage.items():
+        cells = " ".join(f"{getattr(row, c):>9}" for c in columns)
+        lines.append(f"  {stage:<8} {row.tensors:>7} {human_count(row.parameters):>8} {cells}")
+    return lines
+
+
+def _pair_line(pair: DiffPair) -> str:
+    """``  changed   classifier.weight  float32 [10, 16]  rel L2 0.0501, cosine 0.9987``."""
+    old = f"{pair.old_dtype} {list(pair.old_shape)}" if pair.old_dtype and pair.old_shape is not None else "-"
+    new = f"{pair.new_dtype} {list(pair.new_shape)}" if pair.new_dtype and pair.new_shape is not None else "-"
+    numbers = ""
+    if pair.rel_l2 is not None and pair.cosine is not None and pair.category in ("changed", "cast"):
+        numbers = f"  rel L2 {pair.rel_l2:.3g}, cosine {pair.cosine:.4g}"
+    return f"  {pair.category:<9} {pair.key}  {old if old == new else old + ' -> ' + new}{numbers}"

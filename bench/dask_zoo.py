@@ -26,13 +26,13 @@ import gc
 import json
 import os
 import statistics
-import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,20 +42,6 @@ from ckptlint.dask_backend import GC_THRESHOLDS, merge_many_dask  # noqa: E402
 from ckptlint.many import merge_many  # noqa: E402
 from ckptlint.report import renderer  # noqa: E402
 from ckptlint.targets import expand_paths  # noqa: E402
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    header, chunks, offset = {}, [], 0
-    for name, value in tensors.items():
-        raw = np.ascontiguousarray(value, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    encoded = json.dumps(header).encode()
-    with open(path, "wb") as out:
-        out.write(struct.pack("<Q", len(encoded)) + encoded)
-        for chunk in chunks:
-            out.write(chunk)
 
 
 def trained(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
@@ -79,7 +65,7 @@ def build(folder: Path, count: int) -> list[str]:
         if i % 7 == 0:
             tensors["blocks.0.mlp.fc1.weight"][1, 2] = np.nan
         path = folder / f"zoo_{i:03d}.safetensors"
-        write_safetensors(path, tensors)
+        save_file({k: np.ascontiguousarray(v, dtype='<f4') for k, v in tensors.items()}, str(path))
         paths.append(str(path))
     return paths
 

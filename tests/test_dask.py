@@ -13,7 +13,6 @@ import inspect
 import json
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from safetensors.numpy import save_file
 
 distributed = pytest.importorskip(
     "distributed", reason="the Dask tests need distributed: pip install 'ckptlint[dask]' (or '.[test]')")
@@ -44,18 +44,6 @@ SHIPPED = ["fixtures/cases/*/*.pt", "fixtures/cases/*/*.pth", "fixtures/cases/*/
 ALLOWED_FAILURES = 1  # the scheduler reruns a task whose worker died once; the second death is a KilledWorker
 
 
-def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """A safetensors file, written by hand (F32 only)."""
-    header, chunks, offset = {}, [], 0
-    for name, value in tensors.items():
-        raw = np.ascontiguousarray(value, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    encoded = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks))
-
-
 def _zoo(folder: Path, count: int) -> list[str]:
     """``count`` files of a few trained-looking layers; every fifth holds a NaN (a finding)."""
     rng = np.random.default_rng(15)
@@ -70,7 +58,7 @@ def _zoo(folder: Path, count: int) -> list[str]:
             tensors[f"blocks.{layer}.fc.weight"] = weight
             tensors[f"blocks.{layer}.fc.bias"] = rng.normal(0, 0.01, 192).astype(np.float32)
         path = folder / f"model_{i:03d}.safetensors"
-        _write_safetensors(path, tensors)
+        save_file({k: np.ascontiguousarray(v, dtype='<f4') for k, v in tensors.items()}, str(path))
         paths.append(str(path))
     return paths
 

@@ -54,12 +54,7 @@ def open_checkpoint(path: str, key_path: str | None = None) -> Checkpoint:
         return checkpoint
     if not os.path.isfile(path):
         raise CheckpointError("not a regular file", path)
-    try:
-        return _open_file(path, key_path)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read ({exc.strerror or exc})", path) from None
-    except MemoryError:
-        raise CheckpointError("too large to parse in memory (hostile or corrupt structure)", path) from None
+    return _open_file_checked(path, key_path)
 
 
 def _open_remote(url: str, key_path: str | None) -> Checkpoint:
@@ -70,10 +65,10 @@ def _open_remote(url: str, key_path: str | None) -> Checkpoint:
             source = remote_source(url)
             if source.is_dir:
                 names = folder_names(url)
-                checkpoint = _open_remote_file(weights_file(url), key_path)
+                checkpoint = _open_file_checked(weights_file(url), key_path)
                 checkpoint.training_state += training_state_beside(Path(), names)
             else:
-                checkpoint = _open_remote_file(url, key_path)
+                checkpoint = _open_file_checked(url, key_path)
         except CheckpointError as exc:
             failed = _failure(sources)
             for source in sources.values():
@@ -100,13 +95,14 @@ def _failure(sources: dict) -> CheckpointError | None:
     return next((source.failure for source in sources.values() if source.failure is not None), None)
 
 
-def _open_remote_file(url: str, key_path: str | None) -> Checkpoint:
+def _open_file_checked(path: str, key_path: str | None) -> Checkpoint:
+    """One file (local or a URL), the system's errors said as the file's."""
     try:
-        return _open_file(url, key_path)
+        return _open_file(path, key_path)
     except OSError as exc:
-        raise CheckpointError(f"cannot read ({exc.strerror or exc})", url) from None
+        raise CheckpointError(f"cannot read ({exc.strerror or exc})", path) from None
     except MemoryError:
-        raise CheckpointError("too large to parse in memory (hostile or corrupt structure)", url) from None
+        raise CheckpointError("too large to parse in memory (hostile or corrupt structure)", path) from None
 
 
 def scanned_globals(path: str) -> list[PickleGlobal]:

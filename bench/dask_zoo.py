@@ -1,6 +1,6 @@
 """Time a 200-file zoo on a 2-worker Dask LocalCluster against `--jobs 1` (issue 15).
 
-    python bench/dask_zoo.py [--files 200] [--repeat 3] [--workdir DIR]
+    python bench/dask_zoo.py [--files 200] [--repeat 3] [--workdir DIR] [--with-jobs N] [--s3]
 
 Builds ``--files`` safetensors checkpoints of 2 to 10 MB (60 to 284 blocks of small linear layers
 and norms: 480 to 2,272 tensors, trained-looking values, every seventh file with a NaN), so that
@@ -16,7 +16,9 @@ taking turns ``--repeat`` times, runs the many-file check of them all
   printed apart),
 
 and prints both medians, their ratio, and whether the two JSON reports are the same bytes.
-Needs ``pip install 'ckptlint[dask]'``.
+``--s3`` puts the zoo in a bucket of a local S3 (moto's server on 127.0.0.1, as the tests do) and
+lints ``s3://zoo/...``: every worker reads its files from the endpoint by byte range.
+Needs ``pip install 'ckptlint[dask]'`` (and ``'ckptlint[remote]'`` and moto for ``--s3``).
 """
 
 from __future__ import annotations
@@ -70,12 +72,36 @@ def build(folder: Path, count: int) -> list[str]:
     return paths
 
 
+def _serve_s3(paths: list[str]) -> object:
+    """A local S3 (moto's server) holding the zoo in bucket ``zoo``; the environment points every
+    process started from here (workers included) at it."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # moto's dummies
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="zoo")
+    for path in paths:
+        client.upload_file(path, "zoo", Path(path).name)
+    return server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir")
     parser.add_argument("--with-jobs", type=int, metavar="N", help="also time the local pool, --jobs N")
+    parser.add_argument("--s3", action="store_true", help="serve the zoo from a local S3 endpoint (moto)")
     args = parser.parse_args()
     import distributed
 
@@ -83,6 +109,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         paths = build(Path(folder), args.files)
         sizes = [os.path.getsize(path) for path in paths]
+        server = _serve_s3(paths) if args.s3 else None
+        if server is not None:
+            paths = [f"s3://zoo/{Path(path).name}" for path in paths]
         expanded = expand_paths(paths)
         groups = resolve_jobs(expanded, {}, None, hash_files=False, histograms=False)
         options_of = {path: options for group, options in groups for path in group}
@@ -111,9 +140,12 @@ def main() -> None:
         finally:
             client.close()
             cluster.close()
+            if server is not None:
+                server.stop()
     local, spread = (statistics.median(times[name]) for name in ("jobs 1", "dask 2 workers"))
-    print(f"{len(paths)} files, {sum(sizes) / 1e6:.0f} MB ({min(sizes) / 1e6:.1f} to {max(sizes) / 1e6:.1f} MB each); "
-          f"{os.cpu_count()} cores; median of {args.repeat}")
+    where = " on a local S3 endpoint" if args.s3 else ""
+    print(f"{len(paths)} files{where}, {sum(sizes) / 1e6:.0f} MB ({min(sizes) / 1e6:.1f} to "
+          f"{max(sizes) / 1e6:.1f} MB each); {os.cpu_count()} cores; median of {args.repeat}")
     print(f"| --jobs 1 (this process) | {local:.1f} s | runs {', '.join(f'{t:.1f}' for t in times['jobs 1'])} |")
     print(f"| Dask LocalCluster, 2 workers | {spread:.1f} s | runs "
           f"{', '.join(f'{t:.1f}' for t in times['dask 2 workers'])} |")

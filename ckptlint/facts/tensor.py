@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -10,7 +11,7 @@ import numpy as np
 
 from ckptlint.facts.init_fingerprint import fans, matching_inits
 from ckptlint.facts.lazy import LazyFacts, provides
-from ckptlint.facts.stats import NO_NONFINITE, constancy, extremes, finiteness, moments
+from ckptlint.facts.stats import constancy, extremes, finiteness, moments
 from ckptlint.io.checkpoint import TensorRef
 
 # Value facts by group; a group is computed when a rule first reads one of its facts.
@@ -21,9 +22,12 @@ MOMENTS = "mean std kurtosis zero_fraction"
 INIT = "init_fits init_best"
 # What an init must look like, besides passing the fingerprint, for a weight to be called fresh.
 INIT_STD_TOLERANCE = 0.1
-# shape -> (numel, fan_in, fan_out): checkpoints repeat a few shapes over many tensors.
-_SHAPE_FACTS: dict[tuple[int, ...], tuple[int, int, int]] = {}
-MAX_SHAPES = 4096
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_facts(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(numel, fan_in, fan_out): checkpoints repeat a few shapes over many tensors."""
+    return (math.prod(shape), *fans(shape))
 
 
 class TensorFacts(LazyFacts):
@@ -39,12 +43,7 @@ class TensorFacts(LazyFacts):
         # tiny tensors this runs a million times.
         key, shape, dtype = ref.key, ref.shape, ref.dtype
         module, _, leaf = key.rpartition(".")  # split_key, inlined
-        derived = _SHAPE_FACTS.get(shape)
-        if derived is None:
-            if len(_SHAPE_FACTS) >= MAX_SHAPES:
-                _SHAPE_FACTS.clear()
-            derived = _SHAPE_FACTS[shape] = (math.prod(shape), *fans(shape))
-        numel, fan_in, fan_out = derived
+        numel, fan_in, fan_out = _shape_facts(shape)
         self._cache = {
             "key": key,
             "module": module,
@@ -96,32 +95,8 @@ def _init_facts(values: np.ndarray, facts: TensorFacts) -> dict[str, Any]:
     return {"init_fits": fits, "init_best": fits[0] if fits else None}
 
 
-# Up to this many values, finiteness is counted on Python floats: numpy's fixed cost per call
-# (~8 us for a dot product and its checks) would be most of a check of a million tiny tensors.
-TINY = 64
-
-
-def _finiteness(values: np.ndarray, _: TensorFacts) -> dict[str, int]:
-    """``stats.finiteness``, with the same counts for a tiny real float array found without numpy
-    calls: NaN and Inf propagate through a sum (an overflow only sends it down the exact path)."""
-    if values.size > TINY or values.dtype.kind != "f":
-        return finiteness(values)
-    flat = values.ravel().tolist()
-    if math.isfinite(sum(flat)):
-        return dict(NO_NONFINITE)
-    nan = posinf = neginf = 0
-    for value in flat:
-        if value != value:
-            nan += 1
-        elif value == math.inf:
-            posinf += 1
-        elif value == -math.inf:
-            neginf += 1
-    return {"nan_count": nan, "posinf_count": posinf, "neginf_count": neginf, "nonfinite_count": nan + posinf + neginf}
-
-
 _GROUP_FUNCTIONS: dict[str, Callable[[np.ndarray, TensorFacts], dict[str, Any]]] = {
-    "finiteness": _finiteness,
+    "finiteness": lambda values, _: finiteness(values),
     "constancy": lambda values, _: constancy(values),
     "extremes": lambda values, _: extremes(values),
     "moments": lambda values, _: moments(values),

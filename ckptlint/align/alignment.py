@@ -277,12 +277,11 @@ def _match_content(match: _Matcher, target: Mapping[str, TensorRef], pretrained:
     by_hash: dict[str, list[str]] = defaultdict(list)
     for key in match.left_p:
         if signature(pretrained[key]) in wanted and pretrained[key].numel:
-            by_hash[hashlib.blake2b(read_pretrained(key), digest_size=16).hexdigest()].append(key)
+            by_hash[_digest(read_pretrained(key))].append(key)
     offered = {signature(pretrained[k]) for keys in by_hash.values() for k in keys}
     for key in list(match.left_t):
         if signature(target[key]) in offered and target[key].numel:
-            digest = hashlib.blake2b(read_target(key), digest_size=16).hexdigest()
-            candidates = [c for c in by_hash.get(digest, []) if c in match.left_p]
+            candidates = [c for c in by_hash.get(_digest(read_target(key)), []) if c in match.left_p]
             if len(candidates) == 1:
                 match.take(key, candidates[0], "content", canonical_name(candidates[0]))
     _match_blocks(match, target, pretrained, read_target, read_pretrained, split=True)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import networkx as nx
 
 from ckptlint.gc_pause import paused_gc
-from ckptlint.graph.kinds import Shaped, infer_kind
+from ckptlint.graph.kinds import Shaped, infer_kind, kind_by_names
 
 ROOT = ""
 
@@ -59,20 +59,17 @@ class ModuleTable:
                         siblings.append(child)
                 held = leaves[module]
             held[leaf] = key
-        # A module's kind depends on its path only when it has a ``weight``; the others' kinds are
-        # found once per set of leaf names (a million ``unitN.scale`` modules are one lookup each).
-        by_leaves: dict[tuple[str, ...], str] = {}
+        # Most modules' kinds follow from their leaf names alone: found once per set of names (a
+        # million ``unitN.scale`` modules are one lookup each); the others need their tensors.
+        by_names: dict[tuple[str, ...], str | None] = {}
         self.kinds: dict[str, str] = {}
-        kinds = self.kinds
         for module, held in leaves.items():
-            if "weight" in held:
-                kinds[module] = infer_kind(module, {leaf: tensors[key] for leaf, key in held.items()})
-                continue
             names = tuple(held)
-            kind = by_leaves.get(names)
-            if kind is None:
-                kind = by_leaves[names] = infer_kind(module, {leaf: tensors[key] for leaf, key in held.items()})
-            kinds[module] = kind
+            if names not in by_names:
+                by_names[names] = kind_by_names(names)
+            kind = by_names[names]
+            self.kinds[module] = kind if kind is not None else \
+                infer_kind(module, {leaf: tensors[key] for leaf, key in held.items()})
 
     def preorder(self) -> list[str]:
         """The modules depth-first from the root, children in the order they were met (what

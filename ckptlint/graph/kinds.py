@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 
@@ -22,9 +22,10 @@ EMBEDDING_NAME = re.compile(r"embed|wte$|wpe$", re.I)
 RUNNING_STATS = frozenset({"running_mean", "running_var"})
 
 
-def infer_kind(path: str, tensors: Mapping[str, Shaped]) -> str:
-    """Name the layer kind of module ``path`` holding ``tensors`` (leaf name -> tensor)."""
-    names = set(tensors)
+def kind_by_names(names: Iterable[str]) -> str | None:
+    """The kind when the leaf names alone decide it, else None: a module with a ``weight`` (and
+    none of the names below) needs its weight's rank and, for a norm, its path."""
+    names = set(names)
     if not names:
         return "container"
     if names & RUNNING_STATS:
@@ -33,14 +34,20 @@ def infer_kind(path: str, tensors: Mapping[str, Shaped]) -> str:
         return "batchnorm"
     if "in_proj_weight" in names or {"q_proj_weight", "k_proj_weight", "v_proj_weight"} <= names:
         return "multihead_attention"
-    weight = tensors.get("weight")
-    if weight is None:
-        return "unknown"
+    return None if "weight" in names else "unknown"
+
+
+def infer_kind(path: str, tensors: Mapping[str, Shaped]) -> str:
+    """Name the layer kind of module ``path`` holding ``tensors`` (leaf name -> tensor)."""
+    by_names = kind_by_names(tensors)
+    if by_names is not None:
+        return by_names
+    weight = tensors["weight"]
     rank = len(weight.shape)
     if rank >= 3:
         return "conv"
     if rank == 2:
-        return "embedding" if "bias" not in names and EMBEDDING_NAME.search(path) else "linear"
+        return "embedding" if "bias" not in tensors and EMBEDDING_NAME.search(path) else "linear"
     if rank == 1:
         if BATCHNORM_NAME.search(path):
             return "batchnorm"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import CASES
@@ -82,27 +83,21 @@ def test_broken_pack_is_reported_with_its_package_name(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
 
 
-def test_pack_with_a_flat_rule_file_says_rules_are_folders(tmp_path: Path) -> None:
-    """A pack written for the old layout fails loudly, naming its package and what to move where."""
-    site = _install_pack(tmp_path, "flat-pack", "flat_pack", rule_file="acme.toml")
+@pytest.mark.parametrize(("pack", "rule_file", "said"), [
+    # a pack written for the old layout fails loudly, naming its package and what to move where
+    ("flat-pack", "acme.toml", ["rule pack 'flat-pack': a rule is a folder now: move this file to acme/rule.toml",
+                                "acme.toml"]),
+    # ``ACME001-acme-huge-tensor/rules.toml`` is not zero rules: the folder lacks rule.toml
+    ("typo-pack", "ACME001-acme-huge-tensor/rules.toml",
+     ["rule pack 'typo-pack': a rule folder must hold rule.toml (found: rules.toml)", "ACME001-acme-huge-tensor"]),
+    ("misnamed-pack", "ACME001-x/rule.toml",
+     ["rule pack 'misnamed-pack': the folder of rule ACME001 (acme-huge-tensor) must be named "
+      "ACME001-acme-huge-tensor, not ACME001-x"]),
+])
+def test_pack_with_misplaced_rule_files_is_an_error(tmp_path: Path, pack: str, rule_file: str,
+                                                    said: list[str]) -> None:
+    site = _install_pack(tmp_path, pack, pack.replace("-", "_"), rule_file=rule_file)
     result = _ckptlint(site, "rules")
     assert result.returncode == 2
-    assert "rule pack 'flat-pack': a rule is a folder now: move this file to acme/rule.toml" in result.stderr
-    assert "acme.toml" in result.stderr
-
-
-def test_pack_with_a_misspelt_rule_file_is_an_error(tmp_path: Path) -> None:
-    """``ACME001-acme-huge-tensor/rules.toml`` is not zero rules: the folder lacks rule.toml."""
-    site = _install_pack(tmp_path, "typo-pack", "typo_pack", rule_file="ACME001-acme-huge-tensor/rules.toml")
-    result = _ckptlint(site, "rules")
-    assert result.returncode == 2
-    assert "rule pack 'typo-pack': a rule folder must hold rule.toml (found: rules.toml)" in result.stderr
-    assert "ACME001-acme-huge-tensor" in result.stderr
-
-
-def test_pack_rule_folder_named_other_than_code_and_name_is_an_error(tmp_path: Path) -> None:
-    site = _install_pack(tmp_path, "misnamed-pack", "misnamed_pack", rule_file="ACME001-x/rule.toml")
-    result = _ckptlint(site, "rules")
-    assert result.returncode == 2
-    assert "rule pack 'misnamed-pack': the folder of rule ACME001 (acme-huge-tensor) must be named " \
-           "ACME001-acme-huge-tensor, not ACME001-x" in result.stderr
+    for text in said:
+        assert text in result.stderr
